@@ -1,0 +1,46 @@
+"""The turbocast demo application: ``create_app`` configures and wires things up."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from app import config, extensions
+
+logger = logging.getLogger(__name__)
+
+
+def _configure_logging(level: str) -> None:
+    # Only when nothing else (gunicorn --log-config, celery, pytest) configured logging.
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=level.upper(),
+            format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+        )
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Create the app: defaults, then the environment, then ``test_config``.
+
+    :param test_config: settings that win over everything else (tests use it).
+    """
+    app = Flask(__name__)
+    app.config.update(config.DEFAULTS)
+    app.config.update(config.from_environ())
+    if test_config is not None:
+        app.config.update(test_config)
+    _configure_logging(str(app.config["LOG_LEVEL"]))
+    if not app.config["SECRET_KEY"]:
+        logger.warning("SECRET_KEY is not set: using an insecure development key")
+        app.config["SECRET_KEY"] = config.INSECURE_DEV_KEY
+
+    extensions.turbo.init_app(app)
+
+    from app.demo import bp as demo_bp
+
+    app.register_blueprint(demo_bp)
+    return app

@@ -1,0 +1,5 @@
+"""Extension instances, created unbound; ``create_app`` binds them."""
+
+from app.turbo import Turbo
+
+turbo = Turbo()

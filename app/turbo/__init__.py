@@ -1,0 +1,46 @@
+"""turbocast: push Hotwired Turbo Streams from anywhere to browsers, through Redis.
+
+The public API. The demo site and the Celery workers use only what is
+exported here, exactly as an application of your own would.
+"""
+
+from .channels import broadcast_channel, channel_for, valid_session_id
+from .connection import CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION
+from .errors import (
+    InvalidChannelError,
+    InvalidStreamError,
+    MessageTooLargeError,
+    PublishError,
+    TurboError,
+)
+from .extension import DEFAULTS, STATUS_NO_SESSION, Turbo
+from .helpers import session_id, stream_url, turbo_stream_source
+from .outbox import CLOSE_OUTBOX_OVERFLOW
+from .publisher import Publisher
+from .streams import ACTIONS, MIME_TYPE, TurboStream, render_streams
+
+__all__ = [
+    "ACTIONS",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_MESSAGE_TOO_BIG",
+    "CLOSE_OUTBOX_OVERFLOW",
+    "CLOSE_POLICY_VIOLATION",
+    "DEFAULTS",
+    "MIME_TYPE",
+    "STATUS_NO_SESSION",
+    "InvalidChannelError",
+    "InvalidStreamError",
+    "MessageTooLargeError",
+    "PublishError",
+    "Publisher",
+    "Turbo",
+    "TurboError",
+    "TurboStream",
+    "broadcast_channel",
+    "channel_for",
+    "render_streams",
+    "session_id",
+    "stream_url",
+    "turbo_stream_source",
+    "valid_session_id",
+]

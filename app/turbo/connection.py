@@ -1,0 +1,203 @@
+"""One browser's WebSocket, with exactly one writer.
+
+simple-websocket (flask-sock's engine) answers pings, echoes close frames and
+sends its own heartbeat pings from its reader thread while the handler thread
+sends data: two threads writing to one socket can interleave frames. Here the
+reader thread only reads; everything it wants sent goes through the socket's
+:class:`~app.turbo.outbox.Outbox`, and the handler thread — the one writer —
+sends data, control replies and heartbeats alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+import threading
+import time
+from typing import Any
+
+from simple_websocket import Server
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError
+
+from .outbox import Outbox
+
+logger = logging.getLogger("turbocast.socket")
+
+#: Close code when the server shuts down; clients should reconnect elsewhere.
+CLOSE_GOING_AWAY = 1001
+#: Close code when a client floods the server with frames.
+CLOSE_POLICY_VIOLATION = 1008
+#: Close code when a client sends a frame larger than ``TURBO_MAX_INCOMING_BYTES``.
+CLOSE_MESSAGE_TOO_BIG = 1009
+
+
+class TurboConnection(Server):  # type: ignore[misc]
+    """A server-side WebSocket whose handler thread is its only writer.
+
+    The handshake happens in the constructor (in the handler thread); then a
+    reader thread starts. Call :meth:`serve` from the handler thread: it returns
+    when the connection ends.
+
+    :param environ: the WSGI environ of the upgrade request.
+    :param outbox: the queue this socket's frames arrive in.
+    :param ping_interval: seconds between heartbeat pings; a peer that has not
+        answered the previous ping by then is dropped. ``0`` disables them.
+    :param send_timeout: seconds one write may block before the peer counts as
+        stuck and the connection is dropped (``0``: no limit).
+    :param max_incoming_bytes: the largest message a client may send.
+    :param max_incoming_rate: how many messages a client may send per 10 seconds.
+    :param thread_class: the class used for the reader thread.
+    """
+
+    def __init__(
+        self,
+        environ: dict[str, Any],
+        outbox: Outbox,
+        *,
+        ping_interval: float = 25.0,
+        send_timeout: float = 30.0,
+        max_incoming_bytes: int = 4096,
+        max_incoming_rate: int = 50,
+        thread_class: type[threading.Thread] | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.heartbeat = ping_interval
+        self.max_incoming_bytes = max_incoming_bytes
+        self.max_incoming_rate = max_incoming_rate
+        self._incoming_count = 0
+        self._incoming_len = 0
+        self._incoming_window = time.monotonic()
+        # ping_interval=None: the reader thread must not send pings itself.
+        super().__init__(
+            environ,
+            ping_interval=None,
+            max_message_size=None,
+            thread_class=thread_class,
+        )
+        if send_timeout and self.mode != "gevent":
+            # Only sends get a deadline: SO_SNDTIMEO leaves the reader's recv alone.
+            seconds = int(send_timeout)
+            micros = int((send_timeout - seconds) * 1_000_000)
+            self.sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, micros)
+            )
+
+    # -- reader thread ---------------------------------------------------------
+
+    def _thread(self) -> None:
+        try:
+            super()._thread()
+        finally:
+            # The peer is gone (EOF, reset or protocol error): wake the writer.
+            self.outbox.close(None, "peer disconnected")
+
+    def _handle_events(self) -> bool:
+        for event in self.ws.events():
+            if isinstance(event, Request):
+                # The handshake runs in the handler thread, before the reader starts,
+                # so answering here is still the one writer. No permessage-deflate: a
+                # frame is then the same bytes for every socket and is encoded once.
+                self.sock.sendall(self.ws.send(AcceptConnection()))
+            elif isinstance(event, CloseConnection):
+                self.close_reason = event.code
+                self.close_message = event.reason
+                self.outbox.put_control(event.response())
+                self.outbox.close(None, f"client closed ({event.code})")
+            elif isinstance(event, Ping):
+                self.outbox.put_control(event.response())
+                self._count_incoming(len(event.payload))
+            elif isinstance(event, Pong):
+                self.pong_received = True
+            elif isinstance(event, (TextMessage, BytesMessage)):
+                # Clients are not expected to send anything; small frames are ignored.
+                self._incoming_len += len(event.data)
+                if event.message_finished:
+                    size, self._incoming_len = self._incoming_len, 0
+                    self._count_incoming(size)
+                elif self._incoming_len > self.max_incoming_bytes:
+                    self._refuse(CLOSE_MESSAGE_TOO_BIG, "message too big")
+        # Keep reading until EOF: after a close the peer still has to hang up.
+        return True
+
+    def _count_incoming(self, size: int) -> None:
+        if size > self.max_incoming_bytes:
+            self._refuse(CLOSE_MESSAGE_TOO_BIG, "message too big")
+            return
+        now = time.monotonic()
+        if now - self._incoming_window > 10.0:
+            self._incoming_window, self._incoming_count = now, 0
+        self._incoming_count += 1
+        if self._incoming_count > self.max_incoming_rate:
+            self._refuse(CLOSE_POLICY_VIOLATION, "too many messages from client")
+
+    def _refuse(self, code: int, reason: str) -> None:
+        if self.outbox.closing is None:
+            logger.warning(
+                "turbocast: closing socket: %s",
+                reason,
+                extra={"turbo_close_code": code, "turbo_close_reason": reason},
+            )
+        self.outbox.close(code, reason)
+
+    # -- the writer (handler thread) --------------------------------------------
+
+    def serve(self) -> str:
+        """Write what the outbox holds until the connection ends; the handler thread calls this.
+
+        :returns: why the connection ended, for the log.
+        """
+        interval = self.heartbeat
+        next_ping = time.monotonic() + interval if interval else None
+        try:
+            while True:
+                wait = None if next_ping is None else max(0.0, next_ping - time.monotonic())
+                controls, frames, closing = self.outbox.drain(wait)
+                for event in controls:
+                    self.sock.sendall(self.ws.send(event))
+                if frames:
+                    self.sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
+                if closing is not None:
+                    if closing.code is not None:
+                        self._send_close(closing.code, closing.reason)
+                    return closing.reason
+                if next_ping is not None and time.monotonic() >= next_ping:
+                    if not self.pong_received:
+                        return "heartbeat timeout: no pong"
+                    self.pong_received = False
+                    self.sock.sendall(self.ws.send(Ping()))
+                    next_ping = time.monotonic() + interval
+        except (OSError, LocalProtocolError) as exc:
+            # EAGAIN here is SO_SNDTIMEO: the peer stopped reading for send_timeout seconds.
+            return f"write failed: {exc.__class__.__name__}"
+        finally:
+            self.connected = False
+            self._shutdown()
+
+    def _send_close(self, code: int, reason: str) -> None:
+        try:
+            self.sock.sendall(self.ws.send(CloseConnection(code=code, reason=reason)))
+        except Exception:  # noqa: BLE001 - the peer may already be gone; closing anyway
+            logger.debug("turbocast: close frame not sent", exc_info=True)
+
+    def _shutdown(self) -> None:
+        # FIN after the last frame; the reader sees the peer's EOF and closes the socket.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+        self.thread.join(timeout=2.0)
+        # A peer that never hangs up: wake the reader out of recv() for good.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.thread.join(timeout=1.0)
+        with contextlib.suppress(OSError):
+            self.sock.close()

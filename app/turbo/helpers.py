@@ -1,0 +1,94 @@
+"""Request-side helpers: the session id and the ``<turbo-stream-source>`` element."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from urllib.parse import urlsplit
+
+from flask import current_app, request, session, url_for
+from markupsafe import Markup, escape
+
+from .channels import valid_session_id
+from .errors import TurboError
+
+#: The key of the session id in Flask's (signed) session.
+SESSION_KEY = "turbo_sid"
+#: The endpoint name of the WebSocket route.
+ENDPOINT = "turbo_stream"
+
+_HOST_RE = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+_ATTR_RE = re.compile(r"[a-zA-Z_:][-a-zA-Z0-9_:.]*")
+
+
+def new_session_id() -> str:
+    """Make a random, unguessable session id (192 bits, URL-safe)."""
+    return secrets.token_urlsafe(24)
+
+
+def session_id() -> str:
+    """Return the current browser session's id, creating it on first use.
+
+    The id lives in Flask's signed session cookie, so only this server can set
+    it and the WebSocket handshake can trust it.
+    """
+    sid = session.get(SESSION_KEY)
+    if not valid_session_id(sid):
+        sid = new_session_id()
+        session[SESSION_KEY] = sid
+    assert isinstance(sid, str)
+    return sid
+
+
+def _forwarded(header: str, trusted: int) -> str | None:
+    # Like werkzeug's ProxyFix: with N trusted proxies, the Nth value from the right.
+    values = [v.strip() for v in request.headers.get(header, "").split(",") if v.strip()]
+    if trusted <= 0 or len(values) < trusted:
+        return None
+    return values[-trusted]
+
+
+def stream_url(path: str | None = None) -> str:
+    """Return the absolute ``ws://`` or ``wss://`` URL of the stream endpoint.
+
+    The scheme and host come from the request; ``X-Forwarded-Proto`` and
+    ``X-Forwarded-Host`` count only when ``TURBO_TRUSTED_PROXIES`` says how many
+    proxies in front of the app set them.
+
+    :param path: the endpoint's path; by default the registered ``TURBO_WEBSOCKET_ROUTE``.
+    """
+    trusted = int(current_app.config.get("TURBO_TRUSTED_PROXIES", 0))
+    scheme = (_forwarded("X-Forwarded-Proto", trusted) or request.scheme).lower()
+    host = _forwarded("X-Forwarded-Host", trusted) or request.host
+    if not _HOST_RE.fullmatch(host):
+        raise TurboError(f"refusing to build a stream URL for the host {host!r}")
+    if path is None:
+        # Werkzeug builds websocket rules as ws:// URLs from the raw request; keep the path.
+        path = urlsplit(url_for(ENDPOINT)).path
+    elif not path.startswith("/"):
+        raise TurboError(f"the stream path must start with '/', not {path!r}")
+    else:
+        path = request.script_root + path
+    ws_scheme = "wss" if scheme in ("https", "wss") else "ws"
+    return f"{ws_scheme}://{host}{path}"
+
+
+def turbo_stream_source(path: str | None = None, **attributes: str) -> Markup:
+    """Render ``<turbo-stream-source>`` for this session, with an absolute WebSocket URL.
+
+    Use it in a template: ``{{ turbo_stream_source() }}``. Rendering it also
+    makes sure the session has an id, so the socket's handshake carries one.
+
+    :param path: the endpoint's path; by default ``TURBO_WEBSOCKET_ROUTE``.
+    :param attributes: extra attributes (``id``, ``data_*``; ``_`` becomes ``-``).
+    """
+    session_id()
+    extra = []
+    for name, value in attributes.items():
+        name = name.replace("_", "-")
+        if not _ATTR_RE.fullmatch(name) or name == "src":
+            raise TurboError(f"bad attribute for turbo-stream-source: {name!r}")
+        extra.append(f' {name}="{escape(value)}"')
+    src = escape(stream_url(path))
+    html = f'<turbo-stream-source src="{src}"{"".join(extra)}></turbo-stream-source>'
+    return Markup(html)  # noqa: S704 - every interpolated value is escaped above

@@ -1,0 +1,128 @@
+"""Publishing Turbo Streams to Redis, from any process.
+
+A :class:`Publisher` only writes: it never subscribes and starts no thread, so
+a Celery worker, a script or a web view use it alike, with or without a Flask
+app. Each message is one ``PUBLISH``: one Redis round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from markupsafe import Markup
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .channels import DEFAULT_PREFIX, broadcast_channel, channel_for
+from .errors import MessageTooLargeError, PublishError
+from .streams import render_streams
+
+logger = logging.getLogger("turbocast.publisher")
+
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+class Publisher:
+    """Sends Turbo Streams to browser sessions or to everyone.
+
+    Example, from a Celery task that was handed a session id::
+
+        publisher = Publisher(os.environ["REDIS_URL"])
+        publisher.to_session(session_id, TurboStream.append("messages", Markup(html)))
+
+    :param redis_url: the Redis server; ignored when ``client`` is given.
+    :param client: an existing ``redis.Redis`` client to publish with.
+    :param prefix: the channel namespace (``TURBO_CHANNEL_PREFIX``).
+    :param max_message_bytes: the largest message accepted, in bytes of UTF-8.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        client: redis.Redis | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if client is None:
+            if not redis_url:
+                raise PublishError("no Redis to publish to: pass redis_url or client")
+            # One retry is ours (see _publish); redis-py's own would stack on top of it.
+            client = redis.Redis.from_url(
+                redis_url, socket_connect_timeout=5, socket_timeout=10, retry=Retry(NoBackoff(), 0)
+            )
+        self.client = client
+        self.prefix = prefix
+        self.max_message_bytes = max_message_bytes
+
+    def to_session(self, session_id: str, *streams: Any) -> int:
+        """Send streams to every socket of one browser session.
+
+        :param session_id: the session's id (``session_id()`` in a view).
+        :param streams: ``TurboStream`` objects (or ``Markup`` of turbo-stream elements),
+            sent together as one message.
+        :returns: how many web processes received it (0 when nobody listens).
+        """
+        return self.publish(channel_for(session_id, self.prefix), *streams)
+
+    def to_all(self, *streams: Any) -> int:
+        """Send streams to every connected socket, everywhere.
+
+        :param streams: ``TurboStream`` objects, sent together as one message.
+        :returns: how many web processes received it.
+        """
+        return self.publish(broadcast_channel(self.prefix), *streams)
+
+    def publish(self, channel: str, *streams: Any) -> int:
+        """Send streams on a channel built by :mod:`app.turbo.channels`.
+
+        :param channel: the channel name.
+        :param streams: ``TurboStream`` objects, sent together as one message.
+        :raises MessageTooLargeError: when the message exceeds ``max_message_bytes``.
+        :raises PublishError: when Redis refused it twice.
+        """
+        payload = self.encode(*streams)
+        return self._publish(channel, payload)
+
+    def encode(self, *streams: Any) -> bytes:
+        """Render streams into the bytes of one message, checking its size.
+
+        :param streams: ``TurboStream`` objects or ``Markup``.
+        """
+        html: Markup = render_streams(*streams)
+        payload = html.encode("utf-8")
+        if len(payload) > self.max_message_bytes:
+            raise MessageTooLargeError(
+                f"message of {len(payload)} bytes exceeds the limit of "
+                f"{self.max_message_bytes} bytes (TURBO_MAX_MESSAGE_BYTES)"
+            )
+        return payload
+
+    def _publish(self, channel: str, payload: bytes) -> int:
+        try:
+            return int(self.client.publish(channel, payload))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # A dropped connection or a Redis restart: one more try on a fresh connection.
+            logger.warning(
+                "turbocast: publish failed, retrying once",
+                extra={"turbo_channel": channel, "turbo_error": repr(exc)},
+            )
+        except redis.RedisError as exc:
+            raise self._failed(channel, exc) from exc
+        try:
+            return int(self.client.publish(channel, payload))
+        except redis.RedisError as exc:
+            raise self._failed(channel, exc) from exc
+
+    @staticmethod
+    def _failed(channel: str, exc: redis.RedisError) -> PublishError:
+        logger.error(
+            "turbocast: publish failed", extra={"turbo_channel": channel, "turbo_error": repr(exc)}
+        )
+        return PublishError(f"Redis did not accept the message for {channel}: {exc}")
+
+    def close(self) -> None:
+        """Close the publisher's Redis connections."""
+        self.client.close()

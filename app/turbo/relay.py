@@ -1,0 +1,272 @@
+"""The relay: one thread per web process between Redis pub/sub and the sockets held here.
+
+It subscribes only to the channels of sockets this process holds (reference
+counted: SUBSCRIBE on the first, UNSUBSCRIBE when the last goes), encodes each
+message into a WebSocket frame once, and puts that frame into the outbox of
+every local socket the channel reaches. It never writes to a socket and never
+blocks on one. It outlives Redis restarts: on a lost connection it backs off
+(1 s doubling to 60 s, with jitter), reconnects and subscribes everything again.
+
+Only the relay thread touches its pub/sub connection (redis-py's PubSub is not
+thread-safe). Handler threads change the registry under a lock and wake the
+relay by publishing to the relay's own control channel, so a new socket is
+subscribed within one Redis round trip rather than at the next poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .outbox import Outbox, encode_text_frame
+
+logger = logging.getLogger("turbocast.relay")
+
+PubSubFactory = Callable[[], Any]
+
+BACKOFF_START = 1.0
+BACKOFF_CAP = 60.0
+
+
+class Subscription:
+    """What :meth:`Relay.attach` hands back: the channels one socket listens to."""
+
+    __slots__ = ("channels", "outbox")
+
+    def __init__(self, channels: tuple[bytes, ...], outbox: Outbox) -> None:
+        self.channels = channels
+        self.outbox = outbox
+
+
+class Relay:
+    """Forwards Redis pub/sub messages to the outboxes of this process's sockets.
+
+    :param redis_url: the Redis server (``redis://``, ``rediss://`` or ``unix://``).
+    :param prefix: the channel namespace, used for the relay's own control channel.
+    :param health_check_interval: seconds of silence after which the pub/sub
+        connection is pinged, so a dead link is noticed.
+    :param pubsub_factory: makes a fresh redis-py ``PubSub``; tests pass a fake.
+    :param waker: publishes to the control channel; tests pass a fake.
+    :param thread_class: the class of the relay thread.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        prefix: str = "turbo",
+        health_check_interval: float = 15.0,
+        pubsub_factory: PubSubFactory | None = None,
+        waker: Callable[[str], object] | None = None,
+        thread_class: type[threading.Thread] = threading.Thread,
+    ) -> None:
+        self.control_channel = f"{prefix}:relay:{uuid.uuid4().hex}"
+        self._control = self.control_channel.encode()
+        if pubsub_factory is None or waker is None:
+            # No retries inside redis-py: the relay does its own backoff, visibly.
+            client = redis.Redis.from_url(
+                redis_url,
+                health_check_interval=health_check_interval,
+                socket_keepalive=True,
+                socket_connect_timeout=5,
+                retry=Retry(NoBackoff(), 0),
+            )
+        if pubsub_factory is None:
+            pubsub_factory = lambda: client.pubsub(  # type: ignore[no-untyped-call]  # noqa: E731
+                ignore_subscribe_messages=True
+            )
+        if waker is None:
+            waker = lambda channel: client.publish(channel, b"")  # noqa: E731
+        self._pubsub_factory = pubsub_factory
+        self._waker = waker
+        self._thread_class = thread_class
+        self._lock = threading.Lock()
+        # channel -> outboxes; values are replaced, never mutated, so the relay
+        # thread reads them without the lock.
+        self._registry: dict[bytes, frozenset[Outbox]] = {}
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._subscribed: set[bytes] = set()
+        #: The id of the process the relay thread runs in (a fork does not inherit it).
+        self.pid: int | None = None
+        #: Set while the pub/sub connection is up and subscribed to everything.
+        self.connected = threading.Event()
+        #: How many messages were put into at least one outbox (for metrics and tests).
+        self.delivered = 0
+        self.dropped = 0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the relay thread once; later calls do nothing."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self.pid = os.getpid()
+            thread = self._thread_class(target=self._run, name="turbo-relay", daemon=True)
+            self._thread = thread
+        thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the relay thread and wait for it.
+
+        :param timeout: how long to wait for the thread to finish.
+        """
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        """Whether the relay thread is alive in this process."""
+        return self._thread is not None and self._thread.is_alive() and self.pid == os.getpid()
+
+    # -- the registry (handler threads) ----------------------------------------
+
+    def attach(self, channels: Iterable[str], outbox: Outbox) -> Subscription:
+        """Deliver what arrives on ``channels`` to ``outbox`` until :meth:`detach`.
+
+        :param channels: channel names from :mod:`app.turbo.channels`.
+        :param outbox: the socket's outbox.
+        """
+        sub = Subscription(tuple(dict.fromkeys(c.encode() for c in channels)), outbox)
+        changed = False
+        with self._lock:
+            for channel in sub.channels:
+                current = self._registry.get(channel, frozenset())
+                changed = changed or not current
+                self._registry[channel] = current | {outbox}
+        if changed:
+            self._wake()
+        return sub
+
+    def detach(self, sub: Subscription) -> None:
+        """Stop delivering to a socket; unsubscribe channels no local socket needs.
+
+        :param sub: what :meth:`attach` returned.
+        """
+        changed = False
+        with self._lock:
+            for channel in sub.channels:
+                remaining = self._registry.get(channel, frozenset()) - {sub.outbox}
+                if remaining:
+                    self._registry[channel] = remaining
+                else:
+                    self._registry.pop(channel, None)
+                    changed = True
+        if changed:
+            self._wake()
+
+    def channels(self) -> set[str]:
+        """The channels local sockets listen to now."""
+        with self._lock:
+            return {c.decode() for c in self._registry}
+
+    def _wake(self) -> None:
+        self._dirty.set()
+        if not self.connected.is_set():
+            return  # the reconnect subscribes everything anyway
+        try:
+            self._waker(self.control_channel)
+        except redis.RedisError:
+            # The relay is reconnecting and will resubscribe from the registry.
+            logger.debug("turbocast: relay wake-up not sent", exc_info=True)
+
+    # -- the relay thread --------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = BACKOFF_START
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                for channel, data in self._listen():
+                    delay, attempt = BACKOFF_START, 0
+                    try:
+                        self._dispatch(channel, data)
+                    except Exception:
+                        logger.exception(
+                            "turbocast: relay dropped a message", extra={"turbo_channel": channel}
+                        )
+            except (redis.RedisError, OSError) as exc:
+                self._lost(exc, delay, attempt)
+            except Exception as exc:  # noqa: BLE001 - the relay thread must never die
+                logger.exception("turbocast: relay error")
+                self._lost(exc, delay, attempt)
+            else:
+                continue
+            attempt += 1
+            self._stop.wait(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
+            delay = min(delay * 2, BACKOFF_CAP)
+
+    def _lost(self, exc: BaseException, delay: float, attempt: int) -> None:
+        self.connected.clear()
+        logger.warning(
+            "turbocast: relay lost Redis (%s); reconnecting in up to %.0fs",
+            exc.__class__.__name__,
+            delay,
+            extra={"turbo_error": repr(exc), "turbo_attempt": attempt},
+        )
+
+    def _listen(self) -> Iterator[tuple[bytes, bytes]]:
+        """Connect, subscribe everything, and yield ``(channel, data)`` until stopped."""
+        pubsub = self._pubsub_factory()
+        try:
+            self._subscribed = set()
+            self._dirty.set()
+            pubsub.subscribe(self._control)
+            self._sync(pubsub)
+            self.connected.set()
+            logger.info(
+                "turbocast: relay subscribed to Redis",
+                extra={"turbo_channels": len(self._subscribed)},
+            )
+            while not self._stop.is_set():
+                if self._dirty.is_set():
+                    self._sync(pubsub)
+                message = pubsub.get_message(timeout=1.0)
+                if message is None or message.get("type") != "message":
+                    continue
+                channel = message["channel"]
+                if channel != self._control:
+                    yield channel, message["data"]
+        finally:
+            self.connected.clear()
+            try:
+                pubsub.close()
+            except Exception:  # noqa: BLE001 - the connection is already broken
+                logger.debug("turbocast: closing pub/sub failed", exc_info=True)
+
+    def _sync(self, pubsub: Any) -> None:
+        # Make Redis's view match the registry: one SUBSCRIBE and one UNSUBSCRIBE at most.
+        self._dirty.clear()
+        wanted = set(self._registry)
+        new = wanted - self._subscribed
+        gone = self._subscribed - wanted
+        if new:
+            pubsub.subscribe(*new)
+            self._subscribed |= new
+        if gone:
+            pubsub.unsubscribe(*gone)
+            self._subscribed -= gone
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        outboxes = self._registry.get(channel)
+        if not outboxes:
+            return  # a socket left between UNSUBSCRIBE and this message
+        frame = encode_text_frame(data)
+        for outbox in outboxes:
+            if not outbox.put(frame):
+                self.dropped += 1
+        self.delivered += 1

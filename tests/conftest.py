@@ -1,0 +1,37 @@
+"""Fixtures for every tier: a real Redis server (its own unless --redis-url or REDIS_URL)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from app.embedded_redis import EmbeddedRedis
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL"),
+        help="use this Redis server instead of starting one (default: $REDIS_URL)",
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A Redis server for the whole run: --redis-url / $REDIS_URL, or our own on a free port."""
+    url = request.config.getoption("--redis-url")
+    if url:
+        yield url
+        return
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()

@@ -1,0 +1,34 @@
+"""Integration fixtures: a real gunicorn web server against the test Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.turbo import Publisher
+from tests.support import WebServer
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="module")
+def web(redis_url: str, log_dir: Path) -> Iterator[WebServer]:
+    """gunicorn (threads) serving the app, with small limits that tests can reach."""
+    server = WebServer(
+        redis_url,
+        env={"TURBO_OUTBOX_SIZE": "8", "TURBO_SEND_TIMEOUT": "60", "TURBO_PING_INTERVAL": "5"},
+    ).start(log_dir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def publisher(redis_url: str) -> Iterator[Publisher]:
+    pub = Publisher(redis_url)
+    yield pub
+    pub.close()

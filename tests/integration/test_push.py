@@ -1,0 +1,204 @@
+"""The core push path, end to end: real Redis, real gunicorn, real WebSocket clients."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import simple_websocket
+from markupsafe import Markup
+
+from app.embedded_redis import EmbeddedRedis
+from app.turbo import (
+    CLOSE_OUTBOX_OVERFLOW,
+    STATUS_NO_SESSION,
+    Publisher,
+    TurboStream,
+    broadcast_channel,
+    channel_for,
+)
+from tests.support import (
+    ROOT,
+    SECRET_KEY,
+    RawClient,
+    WebServer,
+    connect,
+    forge_cookie,
+    handshake_status,
+    numsub,
+    open_session,
+    receive,
+    session_id_of,
+    wait_for,
+)
+
+
+def _stream(text: str) -> TurboStream:
+    return TurboStream.append("messages", Markup("<li>{}</li>").format(text))
+
+
+def _session(web: WebServer, redis_client) -> tuple[simple_websocket.Client, str]:
+    """A browser session with its socket open and subscribed in Redis."""
+    cookie = open_session(web.base_url)
+    sid = session_id_of(cookie)
+    ws = connect(web.ws_url, cookie)
+    wait_for(lambda: numsub(redis_client, channel_for(sid)) >= 1, what="the relay to subscribe")
+    return ws, sid
+
+
+def test_push_to_one_session_reaches_only_that_session(web, redis_client, publisher):
+    ws_a, sid_a = _session(web, redis_client)
+    ws_b, sid_b = _session(web, redis_client)
+    try:
+        publisher.to_session(sid_a, _stream("for A"))
+        publisher.to_session(sid_b, _stream("for B"))
+        assert receive(ws_a) == str(_stream("for A"))
+        # B's first message is its own: "for A" was published before it and would
+        # have arrived first had it leaked to B.
+        assert receive(ws_b) == str(_stream("for B"))
+        assert ws_a.receive(timeout=0.3) is None
+    finally:
+        ws_a.close()
+        ws_b.close()
+
+
+def test_push_to_everyone_reaches_every_session(web, redis_client, publisher):
+    ws_a, _ = _session(web, redis_client)
+    ws_b, _ = _session(web, redis_client)
+    try:
+        wait_for(lambda: numsub(redis_client, broadcast_channel()) >= 1)
+        assert publisher.to_all(_stream("hello all")) >= 1
+        assert receive(ws_a) == str(_stream("hello all"))
+        assert receive(ws_b) == str(_stream("hello all"))
+    finally:
+        ws_a.close()
+        ws_b.close()
+
+
+def test_several_streams_travel_as_one_message(web, redis_client, publisher):
+    ws, sid = _session(web, redis_client)
+    try:
+        publisher.to_session(sid, _stream("one"), TurboStream.remove("old"))
+        assert receive(ws) == str(_stream("one")) + str(TurboStream.remove("old"))
+    finally:
+        ws.close()
+
+
+def test_push_from_a_process_without_flask_reaches_the_socket(web, redis_client, redis_url):
+    ws, sid = _session(web, redis_client)
+    script = textwrap.dedent(
+        """
+        import sys
+        from flask import has_app_context
+        from markupsafe import Markup
+        from app.turbo import Publisher, TurboStream
+
+        assert not has_app_context()
+        publisher = Publisher(sys.argv[1])
+        stream = TurboStream.replace("clock", Markup("<b>from a worker</b>"))
+        print(publisher.to_session(sys.argv[2], stream))
+        """
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", script, redis_url, sid],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        assert result.stdout.strip() == "1"
+        assert receive(ws) == str(TurboStream.replace("clock", Markup("<b>from a worker</b>")))
+    finally:
+        ws.close()
+
+
+def test_handshake_without_session_cookie_is_refused(web):
+    assert handshake_status(web.ws_url, cookie=None) == STATUS_NO_SESSION
+    wait_for(lambda: "refused WebSocket handshake: no session cookie" in web.log())
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [
+        pytest.param(forge_cookie({"turbo_sid": "A" * 32}, "not-the-secret"), id="other-secret"),
+        pytest.param(
+            "session=eyJ0dXJib19zaWQiOiJBQUFBQUFBQUFBQUFBQUFBQUFBQSJ9.bad.sig", id="garbage"
+        ),
+    ],
+)
+def test_handshake_with_forged_cookie_is_refused(web, redis_client, cookie):
+    assert handshake_status(web.ws_url, cookie=cookie) == STATUS_NO_SESSION
+    wait_for(lambda: "refused WebSocket handshake: invalid session cookie" in web.log())
+    # The server goes on serving everyone else.
+    ws, _ = _session(web, redis_client)
+    ws.close()
+
+
+def test_tampered_session_id_in_a_validly_signed_cookie_cannot_address_another_session(
+    web, redis_client, publisher
+):
+    # Signed with the real secret but holding a malformed id: refused, not subscribed.
+    cookie = forge_cookie({"turbo_sid": "../broadcast"}, SECRET_KEY)
+    assert handshake_status(web.ws_url, cookie=cookie) == STATUS_NO_SESSION
+
+
+def test_slow_client_is_closed_without_delaying_others(web, redis_client, publisher):
+    slow_cookie = open_session(web.base_url)
+    slow_sid = session_id_of(slow_cookie)
+    slow = RawClient(web.ws_url, slow_cookie)
+    fast, fast_sid = _session(web, redis_client)
+    wait_for(lambda: numsub(redis_client, channel_for(slow_sid)) >= 1)
+    big = TurboStream.update("blob", Markup("x" * 64 * 1024))
+    try:
+        # Far more than the socket buffers and the outbox (8) hold, while the slow
+        # client reads nothing; the fast client must get each of its messages meanwhile.
+        for i in range(120):
+            publisher.to_session(slow_sid, big)
+            if i % 10 == 0:
+                publisher.to_session(fast_sid, _stream(f"fast {i}"))
+                assert receive(fast, timeout=5) == str(_stream(f"fast {i}"))
+        # The relay handles messages in order: once this arrives, every put for the
+        # slow client has been tried and its outbox has overflowed.
+        publisher.to_session(fast_sid, _stream("after"))
+        assert receive(fast, timeout=5) == str(_stream("after"))
+
+        messages, close = slow.read_until_closed()
+        assert close is not None, "the slow client must get a close frame"
+        assert close.code == CLOSE_OUTBOX_OVERFLOW
+        assert len(messages) < 120
+        assert all(m == str(big) for m in messages)
+        wait_for(lambda: "outbox overflow" in web.log(), what="the overflow log line")
+        # The fast client is still being served.
+        publisher.to_session(fast_sid, _stream("still here"))
+        assert receive(fast) == str(_stream("still here"))
+    finally:
+        slow.close()
+        fast.close()
+
+
+def test_socket_survives_a_redis_restart(log_dir):
+    with EmbeddedRedis() as server:
+        web = WebServer(server.url).start(log_dir)
+        publisher = Publisher(server.url)
+        client = __import__("redis").Redis.from_url(server.url)
+        try:
+            ws, sid = _session(web, client)
+            publisher.to_session(sid, _stream("before"))
+            assert receive(ws) == str(_stream("before"))
+
+            server.kill()
+            server.start()  # the same port, empty: no subscriptions survive
+            wait_for(
+                lambda: numsub(client, channel_for(sid)) >= 1,
+                timeout=30,
+                what="the relay to resubscribe after the restart",
+            )
+            publisher.to_session(sid, _stream("after"))
+            assert receive(ws) == str(_stream("after"))
+            assert ws.connected
+            assert "relay lost Redis" in web.log()
+            ws.close()
+        finally:
+            client.close()
+            publisher.close()
+            web.stop()

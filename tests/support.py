@@ -1,0 +1,252 @@
+"""Helpers shared by the integration tests: real servers, real clients, deadline waits."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import simple_websocket
+from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+from app.embedded_redis import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET_KEY = "integration-test-secret"
+T = TypeVar("T")
+
+
+def wait_for(
+    condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+def numsub(redis_client: Any, channel: str) -> int:
+    """How many connections are subscribed to ``channel``."""
+    return int(redis_client.pubsub_numsub(channel)[0][1])
+
+
+@dataclass
+class WebServer:
+    """A real gunicorn serving ``app:create_app()`` in its own process."""
+
+    redis_url: str
+    env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
+    threads: int = 64
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/turbo-stream"
+
+    def start(self, log_dir: Path) -> WebServer:
+        self.port = self.port or free_port()
+        self.log_path = log_dir / f"gunicorn-{self.port}.log"
+        env = {
+            **os.environ,
+            "SECRET_KEY": SECRET_KEY,
+            "REDIS_URL": self.redis_url,
+            "PYTHONUNBUFFERED": "1",
+            **self.env,
+        }
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "gunicorn",
+                "--bind", f"127.0.0.1:{self.port}",
+                "--workers", str(self.workers),
+                "--threads", str(self.threads),
+                "--graceful-timeout", "3",
+                "--log-level", "info",
+                "--no-control-socket",
+                "app:create_app()",
+            ],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        log.close()
+        wait_for(self._answers, timeout=30, what=f"gunicorn on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"gunicorn exited early:\n{self.log()}")
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        try:
+            conn.request("GET", "/")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def open_session(base_url: str) -> str:
+    """GET the home page as a new browser would; return the ``Cookie`` header to send back."""
+    parts = urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    assert response.status == 200
+    cookies = [v.split(";", 1)[0] for k, v in response.getheaders() if k.lower() == "set-cookie"]
+    assert cookies, "the first request must set a session cookie"
+    return "; ".join(cookies)
+
+
+def session_id_of(cookie_header: str, secret_key: str = SECRET_KEY) -> str:
+    """Decode the turbocast session id from a signed Flask session cookie."""
+    app = Flask("decode")
+    app.secret_key = secret_key
+    serializer = SecureCookieSessionInterface().get_signing_serializer(app)
+    assert serializer is not None
+    value = dict(p.split("=", 1) for p in cookie_header.split("; "))["session"]
+    return str(serializer.loads(value)["turbo_sid"])
+
+
+def forge_cookie(data: dict[str, Any], secret_key: str) -> str:
+    """Sign ``data`` as a Flask session cookie with ``secret_key``."""
+    app = Flask("forge")
+    app.secret_key = secret_key
+    serializer = SecureCookieSessionInterface().get_signing_serializer(app)
+    assert serializer is not None
+    return f"session={serializer.dumps(data)}"
+
+
+def connect(ws_url: str, cookie: str | None, origin: str | None = None) -> simple_websocket.Client:
+    """Open a real WebSocket to the stream endpoint (raises ConnectionError when refused)."""
+    headers = {}
+    if cookie:
+        headers["Cookie"] = cookie
+    if origin:
+        headers["Origin"] = origin
+    return simple_websocket.Client.connect(ws_url, headers=headers)
+
+
+def handshake_status(ws_url: str, cookie: str | None, origin: str | None = None) -> int:
+    """Send a WebSocket upgrade request; return the HTTP status (101 when accepted)."""
+    parts = urlsplit(ws_url)
+    headers = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+        "Sec-WebSocket-Version": "13",
+    }
+    if cookie:
+        headers["Cookie"] = cookie
+    if origin:
+        headers["Origin"] = origin
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request("GET", parts.path, headers=headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def receive(ws: simple_websocket.Client, timeout: float = 10.0) -> str:
+    """The next message, or fail after ``timeout`` seconds."""
+    message = ws.receive(timeout=timeout)
+    if message is None:
+        raise AssertionError(f"no message within {timeout}s")
+    return str(message)
+
+
+class RawClient:
+    """A WebSocket client on a bare socket, which reads only when told to.
+
+    simple-websocket's client reads in a background thread; this one lets a
+    test leave the TCP window full, as a stalled browser would.
+    """
+
+    def __init__(self, ws_url: str, cookie: str, rcvbuf: int = 4096) -> None:
+        parts = urlsplit(ws_url)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(10)
+        self.sock.connect((parts.hostname, parts.port))
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.sock.sendall(
+            self.ws.send(
+                Request(
+                    host=parts.netloc,
+                    target=parts.path,
+                    extra_headers=[(b"cookie", cookie.encode())],
+                )
+            )
+        )
+        self.events: list[Any] = []
+        while not any(isinstance(e, AcceptConnection) for e in self.events):
+            self._pump()
+
+    def _pump(self) -> bool:
+        data = self.sock.recv(65536)
+        self.ws.receive_data(data or None)
+        self.events.extend(self.ws.events())
+        return bool(data)
+
+    def read_until_closed(self, timeout: float = 30.0) -> tuple[list[str], CloseConnection | None]:
+        """Read everything until the server closes; return the messages and the close event."""
+        self.sock.settimeout(timeout)
+        messages: list[str] = []
+        partial = ""
+        while True:
+            for event in self.events:
+                if isinstance(event, TextMessage):
+                    partial += event.data
+                    if event.message_finished:
+                        messages.append(partial)
+                        partial = ""
+                elif isinstance(event, CloseConnection):
+                    return messages, event
+            self.events = []
+            if not self._pump():
+                return messages, None
+
+    def close(self) -> None:
+        self.sock.close()

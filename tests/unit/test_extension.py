@@ -1,0 +1,211 @@
+"""app.turbo.extension: the session cookie, the endpoint's refusals, and the per-app state."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import pytest
+from flask import Flask
+
+from app import create_app
+from app.turbo import Turbo
+from app.turbo.errors import TurboError
+from app.turbo.extension import DEFAULTS, TurboState
+from app.turbo.helpers import SESSION_KEY
+from app.turbo.publisher import Publisher
+
+CONFIG = {"SECRET_KEY": "x", "REDIS_URL": "redis://127.0.0.1:1/0", "TESTING": True}
+
+
+@pytest.fixture
+def app():
+    app = create_app(CONFIG)
+    yield app
+    app.extensions["turbo"].shutdown()
+
+
+def session_of(app: Flask, client) -> dict:
+    cookie = client.get_cookie("session")
+    assert cookie is not None, "no session cookie was set"
+    serializer = app.session_interface.get_signing_serializer(app)
+    assert serializer is not None
+    return serializer.loads(cookie.value)
+
+
+def relay_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "turbo-relay"]
+
+
+# -- the session cookie --------------------------------------------------------------------
+
+
+def test_first_page_sets_a_signed_session_cookie_with_a_turbo_sid(app):
+    client = app.test_client()
+
+    response = client.get("/")
+
+    assert response.status_code == 200
+    sid = session_of(app, client)[SESSION_KEY]
+    assert isinstance(sid, str) and len(sid) == 32
+
+
+def test_later_pages_keep_the_same_session_id(app):
+    client = app.test_client()
+    client.get("/")
+    first = session_of(app, client)[SESSION_KEY]
+
+    response = client.get("/")
+
+    assert session_of(app, client)[SESSION_KEY] == first
+    assert response.headers.getlist("Set-Cookie") == []  # nothing changed, nothing re-sent
+
+
+def test_two_browsers_get_different_session_ids(app):
+    one, two = app.test_client(), app.test_client()
+    one.get("/")
+    two.get("/")
+
+    assert session_of(app, one)[SESSION_KEY] != session_of(app, two)[SESSION_KEY]
+
+
+def test_session_cookie_is_http_only_and_same_site_lax(app):
+    response = app.test_client().get("/")
+
+    header = response.headers["Set-Cookie"]
+    assert "HttpOnly" in header
+    assert "SameSite=Lax" in header
+
+
+# -- the endpoint --------------------------------------------------------------------------
+
+
+def test_plain_get_of_the_stream_endpoint_is_a_400(app):
+    # The rule is websocket=True: werkzeug answers a non-upgrade request with a
+    # WebsocketMismatch, which is a 400 Bad Request; the view never runs.
+    client = app.test_client()
+
+    response = client.get("/turbo-stream")
+
+    assert response.status_code == 400
+    assert b"Bad Request" in response.data
+
+
+def test_requests_that_match_no_route_get_no_session_cookie(app):
+    client = app.test_client()
+
+    assert client.get("/turbo-stream").status_code == 400
+    assert client.get("/no-such-page").status_code == 404
+
+    assert client.get_cookie("session") is None
+
+
+def test_stream_endpoint_follows_turbo_websocket_route():
+    app = create_app({**CONFIG, "TURBO_WEBSOCKET_ROUTE": "/push"})
+    client = app.test_client()
+
+    assert client.get("/push").status_code == 400
+    assert client.get("/turbo-stream").status_code == 404
+
+
+def test_creating_the_app_and_serving_pages_starts_no_relay(app):
+    before = relay_threads()
+    client = app.test_client()
+
+    client.get("/")
+    client.get("/turbo-stream")
+
+    assert relay_threads() == before == []
+
+
+# -- the extension and its state -----------------------------------------------------------
+
+
+def test_app_extensions_turbo_is_a_turbo_state(app):
+    assert isinstance(app.extensions["turbo"], TurboState)
+
+
+def test_init_app_fills_in_every_default_setting():
+    app = Flask(__name__)
+    app.config["TURBO_OUTBOX_SIZE"] = 7
+
+    Turbo(app)
+
+    for key, value in DEFAULTS.items():
+        if key != "TURBO_OUTBOX_SIZE":
+            assert app.config[key] == value
+    assert app.config["TURBO_OUTBOX_SIZE"] == 7
+
+
+def test_template_context_offers_turbo_stream_source(app):
+    with app.test_request_context("/"):
+        rendered = app.jinja_env.from_string("{{ turbo_stream_source('/s') }}").render(
+            **_context(app)
+        )
+
+    assert rendered == '<turbo-stream-source src="ws://localhost/s"></turbo-stream-source>'
+
+
+def _context(app: Flask) -> dict:
+    context: dict = {}
+    app.update_template_context(context)
+    return context
+
+
+def test_publisher_outside_an_app_context_is_a_clear_runtime_error():
+    with pytest.raises(RuntimeError, match="application context"):
+        _ = Turbo().publisher
+
+
+def test_publisher_on_an_app_without_turbo_is_a_turbo_error():
+    with Flask(__name__).app_context(), pytest.raises(TurboError, match="init_app"):
+        _ = Turbo().publisher
+
+
+def test_publisher_is_made_once_per_app_with_the_configured_prefix_and_limit():
+    app = create_app({**CONFIG, "TURBO_CHANNEL_PREFIX": "shop", "TURBO_MAX_MESSAGE_BYTES": 99})
+    state = app.extensions["turbo"]
+    with app.app_context():
+        publisher = Turbo().publisher
+    try:
+        assert isinstance(publisher, Publisher)  # made lazily: nothing connects yet
+        assert state.publisher is publisher
+        assert publisher.prefix == "shop"
+        assert publisher.max_message_bytes == 99
+    finally:
+        publisher.close()
+
+
+@pytest.mark.parametrize("url", [None, ""])
+def test_redis_url_names_redis_url_when_unset(url):
+    app = create_app({**CONFIG, "REDIS_URL": url, "TURBO_REDIS_URL": None})
+
+    with pytest.raises(TurboError, match="REDIS_URL"):
+        _ = app.extensions["turbo"].redis_url
+
+
+def test_turbo_redis_url_wins_over_redis_url():
+    app = create_app({**CONFIG, "TURBO_REDIS_URL": "redis://push.example:6379/2"})
+
+    assert app.extensions["turbo"].redis_url == "redis://push.example:6379/2"
+
+
+def test_redis_url_is_the_fallback():
+    app = create_app({**CONFIG, "TURBO_REDIS_URL": None})
+
+    assert app.extensions["turbo"].redis_url == CONFIG["REDIS_URL"]
+
+
+def test_shutdown_without_a_relay_does_nothing(app):
+    app.extensions["turbo"].shutdown()
+
+    assert relay_threads() == []
+
+
+# -- the app package -----------------------------------------------------------------------
+
+
+def test_app_turbo_attribute_is_the_turbo_subpackage():
+    import app as app_package
+
+    assert app_package.turbo is sys.modules["app.turbo"]

@@ -1,0 +1,235 @@
+"""app.turbo.helpers: the session id and the ``<turbo-stream-source>`` element."""
+
+from __future__ import annotations
+
+import pytest
+from flask import session
+from markupsafe import Markup
+
+from app import create_app
+from app.turbo.channels import valid_session_id
+from app.turbo.errors import TurboError
+from app.turbo.helpers import SESSION_KEY, session_id, stream_url, turbo_stream_source
+
+CONFIG = {"SECRET_KEY": "x", "REDIS_URL": "redis://127.0.0.1:1/0", "TESTING": True}
+
+
+@pytest.fixture
+def app():
+    return create_app(CONFIG)
+
+
+@pytest.fixture
+def proxied_app():
+    return create_app({**CONFIG, "TURBO_TRUSTED_PROXIES": 1})
+
+
+def source(src: str) -> str:
+    return f'<turbo-stream-source src="{src}"></turbo-stream-source>'
+
+
+# -- session_id ----------------------------------------------------------------------------
+
+
+def test_session_id_creates_a_32_character_id_and_stores_it(app):
+    with app.test_request_context("/"):
+        sid = session_id()
+
+        assert len(sid) == 32
+        assert valid_session_id(sid)
+        assert session[SESSION_KEY] == sid
+
+
+def test_session_id_returns_the_same_id_on_later_calls(app):
+    with app.test_request_context("/"):
+        first = session_id()
+        session.modified = False
+
+        assert session_id() == first
+        assert not session.modified  # no new cookie for an id that is already there
+
+
+def test_session_id_differs_between_sessions(app):
+    with app.test_request_context("/"):
+        first = session_id()
+    with app.test_request_context("/"):
+        second = session_id()
+
+    assert first != second
+
+
+@pytest.mark.parametrize("stored", ["short", 42, None, "a" * 31 + ":"])
+def test_session_id_replaces_a_malformed_stored_id(app, stored):
+    with app.test_request_context("/"):
+        session[SESSION_KEY] = stored
+
+        sid = session_id()
+
+        assert sid != stored
+        assert valid_session_id(sid)
+        assert session[SESSION_KEY] == sid
+
+
+# -- turbo_stream_source: scheme and host --------------------------------------------------
+
+
+def test_source_uses_ws_and_the_registered_route_for_http(app):
+    with app.test_request_context("/"):
+        assert turbo_stream_source() == source("ws://localhost/turbo-stream")
+
+
+def test_source_uses_wss_for_https(app):
+    with app.test_request_context("/", base_url="https://example.com"):
+        assert turbo_stream_source() == source("wss://example.com/turbo-stream")
+
+
+def test_stream_url_default_is_one_absolute_url(app):
+    with app.test_request_context("/"):
+        assert stream_url() == "ws://localhost/turbo-stream"
+
+
+def test_default_path_goes_under_the_script_root(app):
+    with app.test_request_context("/", base_url="http://localhost/mounted"):
+        assert stream_url() == "ws://localhost/mounted/turbo-stream"
+
+
+def test_default_path_follows_turbo_websocket_route():
+    app = create_app({**CONFIG, "TURBO_WEBSOCKET_ROUTE": "/push/ws"})
+    with app.test_request_context("/"):
+        assert stream_url() == "ws://localhost/push/ws"
+
+
+def test_default_path_with_forwarded_https_uses_wss_and_the_public_host(proxied_app):
+    with proxied_app.test_request_context("/", headers=FORWARDED):
+        assert turbo_stream_source() == source("wss://public.example/turbo-stream")
+
+
+def test_source_with_an_explicit_path_uses_ws_for_http(app):
+    with app.test_request_context("/"):
+        html = turbo_stream_source("/turbo-stream")
+
+    assert html == source("ws://localhost/turbo-stream")
+    assert isinstance(html, Markup)
+
+
+def test_source_with_an_explicit_path_uses_wss_for_https(app):
+    with app.test_request_context("/", base_url="https://example.com"):
+        assert turbo_stream_source("/turbo-stream") == source("wss://example.com/turbo-stream")
+
+
+def test_source_keeps_a_non_default_port(app):
+    with app.test_request_context("/", base_url="http://example.com:8080"):
+        assert stream_url("/s") == "ws://example.com:8080/s"
+
+
+def test_source_with_a_custom_path(app):
+    with app.test_request_context("/"):
+        assert turbo_stream_source("/custom/stream") == source("ws://localhost/custom/stream")
+
+
+def test_custom_path_goes_under_the_script_root(app):
+    with app.test_request_context("/", base_url="http://localhost/mounted"):
+        assert stream_url("/custom") == "ws://localhost/mounted/custom"
+
+
+@pytest.mark.parametrize("path", ["turbo-stream", "", "ws://evil.example/x"])
+def test_path_without_leading_slash_is_refused(app, path):
+    with app.test_request_context("/"), pytest.raises(TurboError, match="must start with '/'"):
+        turbo_stream_source(path)
+
+
+def test_rendering_the_source_gives_the_session_an_id(app):
+    with app.test_request_context("/"):
+        assert SESSION_KEY not in session
+
+        turbo_stream_source("/turbo-stream")
+
+        assert valid_session_id(session[SESSION_KEY])
+
+
+# -- proxies -------------------------------------------------------------------------------
+
+FORWARDED = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "public.example"}
+
+
+def test_forwarded_headers_are_ignored_without_trusted_proxies(app):
+    with app.test_request_context("/", headers=FORWARDED):
+        assert stream_url("/turbo-stream") == "ws://localhost/turbo-stream"
+
+
+def test_forwarded_headers_are_honoured_with_one_trusted_proxy(proxied_app):
+    with proxied_app.test_request_context("/", headers=FORWARDED):
+        assert stream_url("/turbo-stream") == "wss://public.example/turbo-stream"
+
+
+def test_one_trusted_proxy_takes_the_rightmost_value(proxied_app):
+    headers = {
+        "X-Forwarded-Proto": "http, https",
+        "X-Forwarded-Host": "spoofed.example, public.example",
+    }
+    with proxied_app.test_request_context("/", headers=headers):
+        assert stream_url("/s") == "wss://public.example/s"
+
+
+def test_two_trusted_proxies_take_the_second_value_from_the_right():
+    app = create_app({**CONFIG, "TURBO_TRUSTED_PROXIES": 2})
+    headers = {
+        "X-Forwarded-Proto": "http, https, http",
+        "X-Forwarded-Host": "spoofed.example, public.example, inner.local",
+    }
+    with app.test_request_context("/", headers=headers):
+        assert stream_url("/s") == "wss://public.example/s"
+
+
+def test_too_few_forwarded_values_fall_back_to_the_request():
+    app = create_app({**CONFIG, "TURBO_TRUSTED_PROXIES": 2})
+    with app.test_request_context("/", headers=FORWARDED):
+        assert stream_url("/s") == "ws://localhost/s"
+
+
+def test_forwarded_proto_is_case_insensitive(proxied_app):
+    with proxied_app.test_request_context("/", headers={"X-Forwarded-Proto": "HTTPS"}):
+        assert stream_url("/s") == "wss://localhost/s"
+
+
+# -- hostile input -------------------------------------------------------------------------
+
+
+def test_extra_attributes_are_escaped_and_underscores_become_dashes(app):
+    with app.test_request_context("/"):
+        html = turbo_stream_source("/s", id='x" onload="alert(1)', data_channel="<b>")
+
+    assert html == (
+        '<turbo-stream-source src="ws://localhost/s" id="x&#34; onload=&#34;alert(1)"'
+        ' data-channel="&lt;b&gt;"></turbo-stream-source>'
+    )
+
+
+@pytest.mark.parametrize("name", ["on click", "1data", 'x"y', "a>b", "src"])
+def test_bad_attribute_names_are_refused(app, name):
+    with app.test_request_context("/"), pytest.raises(TurboError, match="bad attribute"):
+        turbo_stream_source("/s", **{name: "v"})
+
+
+@pytest.mark.parametrize("host", ['evil.example" onload="x', "evil.example/<script>", "a b"])
+def test_hostile_host_header_is_refused(app, host):
+    with (
+        app.test_request_context("/", headers={"Host": host}),
+        pytest.raises(TurboError, match="refusing to build a stream URL"),
+    ):
+        turbo_stream_source("/s")
+
+
+@pytest.mark.parametrize("host", ['evil.example" onload="x', "evil.example/<x>", "h'"])
+def test_hostile_forwarded_host_is_refused(proxied_app, host):
+    with (
+        proxied_app.test_request_context("/", headers={"X-Forwarded-Host": host}),
+        pytest.raises(TurboError, match="refusing to build a stream URL"),
+    ):
+        stream_url("/s")
+
+
+@pytest.mark.parametrize("host", ["example.com:8443", "[::1]:8080", "10.0.0.1"])
+def test_well_formed_hosts_are_accepted(proxied_app, host):
+    with proxied_app.test_request_context("/", headers={"X-Forwarded-Host": host}):
+        assert stream_url("/s") == f"ws://{host}/s"

@@ -1,0 +1,242 @@
+"""app.turbo.publisher: one PUBLISH per message, one retry, and clear failures."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import redis
+from markupsafe import Markup
+
+from app.turbo.errors import InvalidStreamError, MessageTooLargeError, PublishError
+from app.turbo.publisher import DEFAULT_MAX_MESSAGE_BYTES, Publisher
+from app.turbo.streams import TurboStream
+
+SID = "abcdefghijklmnopqrstuvwxyzABCDEF"
+
+
+class FakeClient:
+    """Stands in for ``redis.Redis``: records publishes; answers from a script."""
+
+    def __init__(self, *outcomes: object) -> None:
+        self.outcomes = list(outcomes)
+        self.published: list[tuple[str, bytes]] = []
+        self.closed = False
+
+    def publish(self, channel: str, payload: bytes) -> int:
+        self.published.append((channel, payload))
+        outcome = self.outcomes.pop(0) if self.outcomes else 1
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def client() -> FakeClient:
+    return FakeClient()
+
+
+@pytest.fixture
+def publisher(client: FakeClient) -> Publisher:
+    return Publisher(client=client)  # type: ignore[arg-type]
+
+
+def stream(text: str = "hi") -> TurboStream:
+    return TurboStream.append("messages", Markup(f"<li>{text}</li>"))
+
+
+# -- where and what ------------------------------------------------------------------------
+
+
+def test_to_session_publishes_one_message_on_the_session_channel(publisher, client):
+    s = stream()
+
+    count = publisher.to_session(SID, s)
+
+    assert count == 1
+    assert client.published == [(f"turbo:session:{SID}", s.render().encode("utf-8"))]
+
+
+def test_to_session_returns_how_many_processes_received_it():
+    publisher = Publisher(client=FakeClient(3))  # type: ignore[arg-type]
+
+    assert publisher.to_session(SID, stream()) == 3
+
+
+def test_to_session_refuses_a_malformed_session_id_without_publishing(publisher, client):
+    with pytest.raises(ValueError):
+        publisher.to_session("not-a-session", stream())
+
+    assert client.published == []
+
+
+def test_to_all_publishes_on_the_broadcast_channel(publisher, client):
+    s = stream()
+
+    publisher.to_all(s)
+
+    assert client.published == [("turbo:broadcast", s.render().encode("utf-8"))]
+
+
+def test_several_streams_are_concatenated_into_one_publish(publisher, client):
+    first, second = stream("one"), TurboStream.remove("card_7")
+
+    publisher.to_session(SID, first, second)
+
+    assert len(client.published) == 1
+    payload = client.published[0][1]
+    assert payload == (first.render() + second.render()).encode("utf-8")
+    assert payload.count(b"<turbo-stream ") == 2
+
+
+def test_payload_is_utf8(publisher, client):
+    publisher.to_all(stream("héllo ✓"))
+
+    assert "héllo ✓".encode() in client.published[0][1]
+
+
+def test_markup_streams_are_sent_as_they_are(publisher, client):
+    html = Markup('<turbo-stream action="remove" target="x"></turbo-stream>')
+
+    publisher.to_all(html)
+
+    assert client.published == [("turbo:broadcast", str(html).encode())]
+
+
+def test_custom_prefix_names_both_channels(client):
+    publisher = Publisher(client=client, prefix="shop")  # type: ignore[arg-type]
+
+    publisher.to_session(SID, stream())
+    publisher.to_all(stream())
+
+    assert [channel for channel, _ in client.published] == [
+        f"shop:session:{SID}",
+        "shop:broadcast",
+    ]
+
+
+def test_publish_sends_on_the_given_channel(publisher, client):
+    publisher.publish("turbo:custom", stream())
+
+    assert client.published[0][0] == "turbo:custom"
+
+
+# -- refusals ------------------------------------------------------------------------------
+
+
+def test_message_over_the_limit_is_refused_naming_the_limit(client):
+    s = stream("x" * 100)
+    size = len(s.render().encode())
+    publisher = Publisher(client=client, max_message_bytes=size - 1)  # type: ignore[arg-type]
+
+    expected = rf"{size} bytes exceeds the limit of {size - 1} bytes"
+    with pytest.raises(MessageTooLargeError, match=expected):
+        publisher.to_all(s)
+
+    assert client.published == []
+
+
+def test_message_exactly_at_the_limit_is_sent(client):
+    s = stream("x" * 100)
+    size = len(s.render().encode())
+    publisher = Publisher(client=client, max_message_bytes=size)  # type: ignore[arg-type]
+
+    publisher.to_all(s)
+
+    assert len(client.published) == 1
+
+
+def test_message_too_large_error_is_a_publish_error_and_a_value_error(client):
+    publisher = Publisher(client=client, max_message_bytes=1)  # type: ignore[arg-type]
+
+    with pytest.raises(MessageTooLargeError) as info:
+        publisher.to_all(stream())
+
+    assert isinstance(info.value, PublishError)
+    assert isinstance(info.value, ValueError)
+    assert "TURBO_MAX_MESSAGE_BYTES" in str(info.value)
+
+
+def test_default_limit_is_one_mebibyte(publisher):
+    assert publisher.max_message_bytes == DEFAULT_MAX_MESSAGE_BYTES == 1024 * 1024
+
+
+def test_plain_str_stream_is_refused(publisher, client):
+    with pytest.raises(InvalidStreamError, match="Markup"):
+        publisher.to_all('<turbo-stream action="remove" target="x"></turbo-stream>')
+
+    assert client.published == []
+
+
+# -- failures and the one retry ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", [redis.ConnectionError("reset"), redis.TimeoutError("timed out")])
+def test_a_dropped_connection_is_retried_once(error, caplog):
+    client = FakeClient(error, 2)
+    publisher = Publisher(client=client)  # type: ignore[arg-type]
+
+    with caplog.at_level(logging.WARNING, logger="turbocast.publisher"):
+        count = publisher.to_session(SID, stream())
+
+    assert count == 2
+    assert len(client.published) == 2
+    assert client.published[0] == client.published[1]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "retrying once" in warnings[0].getMessage()
+    assert warnings[0].turbo_channel == f"turbo:session:{SID}"
+
+
+def test_two_dropped_connections_raise_publish_error_chained_to_the_last(caplog):
+    last = redis.ConnectionError("still down")
+    client = FakeClient(redis.ConnectionError("down"), last)
+    publisher = Publisher(client=client)  # type: ignore[arg-type]
+
+    with (
+        caplog.at_level(logging.WARNING, logger="turbocast.publisher"),
+        pytest.raises(PublishError, match="turbo:broadcast") as info,
+    ):
+        publisher.to_all(stream())
+
+    assert info.value.__cause__ is last
+    assert not isinstance(info.value, MessageTooLargeError)
+    assert len(client.published) == 2
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "publish failed" in errors[0].getMessage()
+
+
+def test_a_response_error_is_not_retried(caplog):
+    refused = redis.ResponseError("NOPERM this user has no permissions")
+    client = FakeClient(refused)
+    publisher = Publisher(client=client)  # type: ignore[arg-type]
+
+    with (
+        caplog.at_level(logging.WARNING, logger="turbocast.publisher"),
+        pytest.raises(PublishError, match="NOPERM") as info,
+    ):
+        publisher.to_all(stream())
+
+    assert info.value.__cause__ is refused
+    assert len(client.published) == 1
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]
+
+
+def test_publisher_without_url_or_client_is_refused():
+    with pytest.raises(PublishError, match="redis_url or client"):
+        Publisher()
+
+
+def test_publisher_with_an_empty_url_is_refused():
+    with pytest.raises(PublishError):
+        Publisher("")
+
+
+def test_close_closes_the_client(publisher, client):
+    publisher.close()
+
+    assert client.closed

@@ -1,14 +1,18 @@
 # The two commands a fresh machine needs: `make run` and `make test`.
-# Both install what is missing first (a virtualenv in .venv, npm packages).
+# Both install what is missing first: a virtualenv in .venv with the project,
+# Turbo's JavaScript from package-lock.json, and (for tests) Debian's chromium.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+# Debian packages the tests drive: the browser, and compose to check docker-compose.yml.
+TEST_DEBS := chromium docker-compose
 
-.PHONY: run test install lint clean
+.PHONY: run test install assets system-deps lint bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(NODE_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,12 +20,26 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+system-deps:
+	@missing=""; \
+	for pkg in $(TEST_DEBS); do command -v $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  echo "installing$$missing with apt-get"; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
 ## Start Redis (embedded unless REDIS_URL is set), web, worker and beat; Ctrl-C stops them all.
 run: install
-	$(PY) -m app.launcher
+	$(PY) -m app.launcher || [ $$? -eq 130 ]  # 130: stopped with Ctrl-C
 
 ## Run every test: unit, integration (real Redis, gunicorn, Celery) and browser.
-test: install
+test: install system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

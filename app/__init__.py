@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask
 
 from app import config, extensions
+from app.celery_app import celery_init_app
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         logger.warning("SECRET_KEY is not set: using an insecure development key")
         app.config["SECRET_KEY"] = config.INSECURE_DEV_KEY
 
+    app.config["CELERY"] = config.celery_config(app.config)
+
     extensions.turbo.init_app(app)
+    celery_init_app(app)
 
     from app.demo import bp as demo_bp
 

@@ -9,6 +9,11 @@ as strings otherwise. ``create_app(test_config)`` overrides both.
                                socket. Required in production; the same on every process.
 ``REDIS_URL``                  The Redis server: Celery's broker and the push channels.
 ``LOG_LEVEL``                  Logging level when nothing else configured logging (INFO).
+``CELERY``                     Celery settings as a JSON object, over the defaults below
+                               (broker: REDIS_URL; results ignored).
+``DEMO_CLOCK_SECONDS``         How often beat broadcasts the demo's live clock (2).
+``DEMO_JOB_STEPS``             Steps of the demo's progress job (10).
+``DEMO_JOB_STEP_SECONDS``      Seconds of (pretend) work per step (0.4).
 ``TURBO_REDIS_URL``            A separate Redis for the push channels (default: REDIS_URL).
 ``TURBO_WEBSOCKET_ROUTE``      Path of the WebSocket endpoint (``/turbo-stream``).
 ``TURBO_CHANNEL_PREFIX``       Namespace of the Redis channels (``turbo``).
@@ -48,6 +53,10 @@ DEFAULTS: dict[str, Any] = {
     "SECRET_KEY": None,
     "REDIS_URL": None,
     "LOG_LEVEL": "INFO",
+    "CELERY": {},
+    "DEMO_CLOCK_SECONDS": 2.0,
+    "DEMO_JOB_STEPS": 10,
+    "DEMO_JOB_STEP_SECONDS": 0.4,
     "SESSION_COOKIE_SAMESITE": "Lax",
     "SESSION_COOKIE_HTTPONLY": True,
     **TURBO_DEFAULTS,
@@ -59,6 +68,21 @@ def _parse(value: str) -> Any:
         return json.loads(value)
     except ValueError:
         return value
+
+
+def celery_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Celery's settings: on the same Redis as everything else, overridable by ``CELERY``.
+
+    :param config: the Flask app's config.
+    """
+    return {
+        "broker_url": config.get("REDIS_URL"),
+        "task_ignore_result": True,
+        "broker_connection_retry_on_startup": True,
+        # The core's send_later()/broadcast_later() task; workers add their own tasks.
+        "include": ["app.turbo.tasks"],
+        **config.get("CELERY", {}),
+    }
 
 
 def from_environ(environ: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -48,8 +48,42 @@ def numsub(redis_client: Any, channel: str) -> int:
     return int(redis_client.pubsub_numsub(channel)[0][1])
 
 
+class ManagedProcess:
+    """A child process of the test run with its output in a log file."""
+
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def _spawn(self, args: list[str], log_path: Path, env: dict[str, str]) -> None:
+        self.log_path = log_path
+        full_env = {**os.environ, "SECRET_KEY": SECRET_KEY, "PYTHONUNBUFFERED": "1", **env}
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                args, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def _check_running(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.process.args} exited early:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
 @dataclass
-class WebServer:
+class WebServer(ManagedProcess):
     """A real gunicorn serving ``app:create_app()`` in its own process."""
 
     redis_url: str
@@ -57,8 +91,6 @@ class WebServer:
     workers: int = 1
     threads: int = 64
     port: int = 0
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
 
     @property
     def base_url(self) -> str:
@@ -70,16 +102,7 @@ class WebServer:
 
     def start(self, log_dir: Path) -> WebServer:
         self.port = self.port or free_port()
-        self.log_path = log_dir / f"gunicorn-{self.port}.log"
-        env = {
-            **os.environ,
-            "SECRET_KEY": SECRET_KEY,
-            "REDIS_URL": self.redis_url,
-            "PYTHONUNBUFFERED": "1",
-            **self.env,
-        }
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.process = subprocess.Popen(
+        self._spawn(
             [
                 sys.executable, "-m", "gunicorn",
                 "--bind", f"127.0.0.1:{self.port}",
@@ -90,16 +113,14 @@ class WebServer:
                 "--no-control-socket",
                 "app:create_app()",
             ],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            log_dir / f"gunicorn-{self.port}.log",
+            {"REDIS_URL": self.redis_url, **self.env},
         )  # fmt: skip
-        log.close()
         wait_for(self._answers, timeout=30, what=f"gunicorn on port {self.port}")
         return self
 
     def _answers(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"gunicorn exited early:\n{self.log()}")
+        self._check_running()
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
         try:
             conn.request("GET", "/")
@@ -108,19 +129,6 @@ class WebServer:
             return False
         finally:
             conn.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
 
 
 def open_session(base_url: str) -> str:
@@ -250,3 +258,53 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@dataclass
+class CeleryProcess(ManagedProcess):
+    """A real ``celery -A workers.celery worker`` (or ``beat``) in its own process."""
+
+    redis_url: str
+    command: str = "worker"
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self, log_dir: Path) -> CeleryProcess:
+        args = [sys.executable, "-m", "celery", "-A", "workers.celery", self.command, "-l", "INFO"]
+        if self.command == "worker":
+            args += ["--concurrency", "2", "--without-gossip", "--without-mingle"]
+            ready = "ready."
+        else:
+            args += ["--schedule", str(log_dir / f"beat-schedule-{id(self)}")]
+            ready = "beat: Starting..."
+        log_path = log_dir / f"celery-{self.command}-{id(self)}.log"
+        self._spawn(args, log_path, {"REDIS_URL": self.redis_url, **self.env})
+        wait_for(lambda: self._ready(ready), timeout=60, what=f"celery {self.command} to start")
+        return self
+
+    def _ready(self, marker: str) -> bool:
+        self._check_running()
+        return marker in self.log()
+
+
+def post(base_url: str, path: str, cookie: str, form: dict[str, str] | None = None) -> str:
+    """POST a form the way Turbo submits it (asking for Turbo Streams); return the body."""
+    parts = urlsplit(base_url)
+    body = "&".join(f"{k}={v}" for k, v in (form or {}).items())
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request(
+            "POST",
+            path,
+            body=body,
+            headers={
+                "Cookie": cookie,
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Accept": "text/vnd.turbo-stream.html, text/html, application/xhtml+xml",
+            },
+        )
+        response = conn.getresponse()
+        text = response.read().decode()
+    finally:
+        conn.close()
+    assert response.status == 200, (response.status, text)
+    return text

@@ -1,12 +1,94 @@
-"""Demo views."""
+"""Demo views: one page with notifications, a progress job and a live clock; a second page."""
 
 from __future__ import annotations
 
-from flask import render_template
+import logging
+import secrets
+from pathlib import Path
 
-from app.demo import bp
+import redis
+from flask import (
+    Response,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
+from werkzeug.wrappers import Response as BaseResponse
+
+from app.demo import bp, services
+from app.turbo import MIME_TYPE, TurboStream, render_streams, send_later, session_id
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+TURBO_JS = ROOT / "node_modules" / "@hotwired" / "turbo" / "dist" / "turbo.es2017-esm.js"
+
+
+def _streams_or_redirect(*streams: TurboStream) -> BaseResponse:
+    # Turbo sends form submissions with this Accept; a browser without JS gets a redirect.
+    if request.accept_mimetypes.quality(MIME_TYPE) > 0:
+        return Response(render_streams(*streams), mimetype=MIME_TYPE)
+    return redirect(url_for("demo.index"), code=303)
 
 
 @bp.get("/")
 def index() -> str:
-    return render_template("demo/index.html")
+    return render_template("demo/index.html", now=services.now_text())
+
+
+@bp.get("/about")
+def about() -> str:
+    return render_template("demo/about.html", now=services.now_text())
+
+
+@bp.post("/notify")
+def notify() -> BaseResponse:
+    """Enqueue a Celery task that renders a notification and sends it to this session."""
+    text = request.form.get("text", "").strip()[:200] or "Hello from a Celery worker"
+    send_later(
+        session_id(),
+        "prepend",
+        "notifications",
+        template="demo/_notification.html",
+        text=text,
+        sent_at=services.now_text(),
+    )
+    return _streams_or_redirect(TurboStream.update("notify-status", "Queued — watch the list."))
+
+
+@bp.post("/jobs")
+def start_job() -> BaseResponse:
+    """Start the progress job in a worker; its row fills as the worker pushes progress."""
+    job_id = secrets.token_hex(4)
+    steps = int(current_app.config["DEMO_JOB_STEPS"])
+    current_app.extensions["celery"].send_task(
+        "workers.tasks.run_job", args=[session_id(), job_id, steps]
+    )
+    return _streams_or_redirect(TurboStream.prepend("jobs", services.job_html(job_id, 0, steps)))
+
+
+@bp.get("/vendor/turbo.js")
+def turbo_js() -> BaseResponse:
+    """Turbo's JavaScript, from the @hotwired/turbo npm package pinned in package.json."""
+    if not TURBO_JS.is_file():
+        logger.error("Turbo's JavaScript is missing at %s: run `npm ci`", TURBO_JS)
+        abort(404)
+    return send_file(TURBO_JS, mimetype="text/javascript", max_age=3600)
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[str, int]:
+    """200 when Redis answers, 503 when it does not (for load balancers and compose)."""
+    url = current_app.config["TURBO_REDIS_URL"] or current_app.config["REDIS_URL"]
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        with client:
+            client.ping()
+    except redis.RedisError as exc:
+        logger.warning("healthz: Redis unreachable: %s", exc)
+        return "redis unreachable\n", 503
+    return "ok\n", 200

@@ -18,6 +18,7 @@ from .helpers import session_id, stream_url, turbo_stream_source
 from .outbox import CLOSE_OUTBOX_OVERFLOW
 from .publisher import Publisher
 from .streams import ACTIONS, MIME_TYPE, TurboStream, render_streams
+from .tasks import broadcast_later, send_later
 
 __all__ = [
     "ACTIONS",
@@ -37,8 +38,10 @@ __all__ = [
     "TurboError",
     "TurboStream",
     "broadcast_channel",
+    "broadcast_later",
     "channel_for",
     "render_streams",
+    "send_later",
     "session_id",
     "stream_url",
     "turbo_stream_source",

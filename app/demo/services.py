@@ -1,0 +1,57 @@
+"""What the demo shows, as Turbo Streams: shared by the views and the Celery tasks.
+
+Everything renders from app/templates, so a page and a push look the same.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from flask import render_template
+from markupsafe import Markup
+
+from app.turbo import Publisher, TurboStream
+
+
+def _html(template: str, **context: object) -> Markup:
+    return Markup(render_template(template, **context))  # noqa: S704 - autoescaped template
+
+
+def now_text() -> str:
+    """The current time as the demo shows it (UTC)."""
+    return datetime.now(UTC).strftime("%H:%M:%S")
+
+
+def clock_stream() -> TurboStream:
+    """The live clock, for everyone."""
+    return TurboStream.update("clock", _html("demo/_clock.html", now=now_text()))
+
+
+def job_html(job_id: str, done: int, steps: int, result: str | None = None) -> Markup:
+    """One progress job's row (``#job-<id>``)."""
+    return _html("demo/_job.html", job_id=job_id, done=done, steps=steps, result=result)
+
+
+def job_stream(job_id: str, done: int, steps: int, result: str | None = None) -> TurboStream:
+    """One progress job's row, replaced as it advances."""
+    return TurboStream.replace(f"job-{job_id}", job_html(job_id, done, steps, result))
+
+
+def run_job(publisher: Publisher, session_id: str, job_id: str, steps: int, pause: float) -> str:
+    """A long job that pushes its progress after every step, then its result.
+
+    :param publisher: where progress goes.
+    :param session_id: the session that started the job.
+    :param job_id: the job's id (its row is ``#job-<id>``).
+    :param steps: how many steps the job has.
+    :param pause: seconds of pretend work per step.
+    """
+    total = 0
+    for step in range(1, steps + 1):
+        time.sleep(pause)  # stands in for real work
+        total += step * step
+        publisher.to_session(session_id, job_stream(job_id, step, steps))
+    result = f"sum of squares 1..{steps} = {total}"
+    publisher.to_session(session_id, job_stream(job_id, steps, steps, result=result))
+    return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import os
 import signal
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,9 +31,17 @@ T = TypeVar("T")
 
 
 def wait_for(
-    condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+    condition: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "",
+    sleep: Callable[[float], object] = time.sleep,
 ) -> T:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds.
+
+    ``sleep`` waits between polls; Playwright's sync API needs its own, which lets
+    browser events arrive meanwhile.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -40,7 +49,7 @@ def wait_for(
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(interval)
+        sleep(interval)
 
 
 def numsub(redis_client: Any, channel: str) -> int:
@@ -284,6 +293,22 @@ class CeleryProcess(ManagedProcess):
     def _ready(self, marker: str) -> bool:
         self._check_running()
         return marker in self.log()
+
+
+@contextlib.contextmanager
+def demo_stack(redis_url: str, log_dir: Path, env: dict[str, str]) -> Iterator[WebServer]:
+    """The demo as `make run` runs it: gunicorn, a Celery worker and beat, on ``redis_url``."""
+    web = WebServer(redis_url, env=env).start(log_dir)
+    worker = CeleryProcess(redis_url, "worker", env=env)
+    beat = CeleryProcess(redis_url, "beat", env=env)
+    try:
+        worker.start(log_dir)
+        beat.start(log_dir)
+        yield web
+    finally:
+        beat.stop()
+        worker.stop()
+        web.stop()
 
 
 def post(base_url: str, path: str, cookie: str, form: dict[str, str] | None = None) -> str:

@@ -34,3 +34,9 @@ def run_job(session_id: str, job_id: str, steps: int) -> str:
 def broadcast_clock() -> int:
     """Beat's periodic broadcast: the server time, to every open page."""
     return turbo.publisher.to_all(services.clock_stream())
+
+
+@shared_task(**RETRY)  # type: ignore[untyped-decorator]
+def push_every_action(session_id: str) -> int:
+    """The Actions page: every built-in action, in one message, to one session."""
+    return turbo.publisher.to_session(session_id, *services.every_action())

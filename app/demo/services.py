@@ -55,3 +55,28 @@ def run_job(publisher: Publisher, session_id: str, job_id: str, steps: int, paus
     result = f"sum of squares 1..{steps} = {total}"
     publisher.to_session(session_id, job_stream(job_id, steps, steps, result=result))
     return result
+
+
+def every_action() -> list[TurboStream]:
+    """One stream of every built-in action, aimed at the boxes of the Actions page."""
+    return [
+        TurboStream.append("append-box", Markup('<p class="appended">appended</p>')),
+        TurboStream.prepend("prepend-box", Markup('<p class="prepended">prepended</p>')),
+        TurboStream.replace(
+            "replace-box", Markup('<div id="replace-box" class="replaced">replaced</div>')
+        ),
+        TurboStream.update("update-box", Markup('<p class="updated">updated</p>')),
+        TurboStream.remove("remove-box"),
+        TurboStream.before("before-box", Markup('<p class="inserted-before">inserted before</p>')),
+        TurboStream.after("after-box", Markup('<p class="inserted-after">inserted after</p>')),
+        TurboStream.replace(
+            "morph-replace-box",
+            Markup(
+                '<div id="morph-replace-box" class="morph morphed"><p>morphed</p>'
+                '<input id="morph-replace-input" value=""></div>'
+            ),
+            method="morph",
+        ),
+        TurboStream.update("morph-update-box", Markup("<p>morphed inside</p>"), method="morph"),
+        TurboStream.update(content=Markup("<b>many</b>"), targets="#many-boxes li.many"),
+    ]

@@ -35,6 +35,11 @@ def _streams_or_redirect(*streams: TurboStream) -> BaseResponse:
     return redirect(url_for("demo.index"), code=303)
 
 
+def _enqueue(task: str, *args: object) -> None:
+    # By name: the web process does not import the workers package.
+    current_app.extensions["celery"].send_task(task, args=list(args))
+
+
 @bp.get("/")
 def index() -> str:
     return render_template("demo/index.html", now=services.now_text())
@@ -65,10 +70,22 @@ def start_job() -> BaseResponse:
     """Start the progress job in a worker; its row fills as the worker pushes progress."""
     job_id = secrets.token_hex(4)
     steps = int(current_app.config["DEMO_JOB_STEPS"])
-    current_app.extensions["celery"].send_task(
-        "workers.tasks.run_job", args=[session_id(), job_id, steps]
-    )
+    _enqueue("workers.tasks.run_job", session_id(), job_id, steps)
     return _streams_or_redirect(TurboStream.prepend("jobs", services.job_html(job_id, 0, steps)))
+
+
+@bp.get("/actions")
+def actions() -> str:
+    return render_template("demo/actions.html", now=services.now_text())
+
+
+@bp.post("/actions")
+def run_actions() -> BaseResponse:
+    """Have a worker push one stream of every action to this session."""
+    current_app.extensions["celery"].send_task(
+        "workers.tasks.push_every_action", args=[session_id()]
+    )
+    return _streams_or_redirect()
 
 
 @bp.get("/vendor/turbo.js")

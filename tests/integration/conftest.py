@@ -12,11 +12,6 @@ from tests.support import WebServer
 
 
 @pytest.fixture(scope="module")
-def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("logs")
-
-
-@pytest.fixture(scope="module")
 def web(redis_url: str, log_dir: Path) -> Iterator[WebServer]:
     """gunicorn (threads) serving the app, with small limits that tests can reach."""
     server = WebServer(

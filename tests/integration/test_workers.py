@@ -11,9 +11,9 @@ import simple_websocket
 
 from app.turbo import broadcast_channel, channel_for
 from tests.support import (
-    CeleryProcess,
     WebServer,
     connect,
+    demo_stack,
     numsub,
     open_session,
     post,
@@ -27,13 +27,8 @@ ENV = {"DEMO_CLOCK_SECONDS": "0.5", "DEMO_JOB_STEPS": "5", "DEMO_JOB_STEP_SECOND
 @pytest.fixture(scope="module")
 def stack(redis_url: str, log_dir: Path) -> Iterator[WebServer]:
     """gunicorn, a Celery worker and Celery beat, all on the test Redis."""
-    web = WebServer(redis_url, env=ENV).start(log_dir)
-    worker = CeleryProcess(redis_url, "worker", env=ENV).start(log_dir)
-    beat = CeleryProcess(redis_url, "beat", env=ENV).start(log_dir)
-    yield web
-    beat.stop()
-    worker.stop()
-    web.stop()
+    with demo_stack(redis_url, log_dir, ENV) as web:
+        yield web
 
 
 class Browser:

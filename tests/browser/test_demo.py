@@ -1,0 +1,176 @@
+"""The demo in real Chromium: Turbo itself applies what Celery tasks push through turbocast."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from playwright.sync_api import BrowserContext, Page, WebSocket
+
+from app.turbo import channel_for
+from tests.support import ROOT, numsub, session_id_of, wait_for
+
+
+class Tab:
+    """One page, recording the WebSockets it opens."""
+
+    def __init__(self, context: BrowserContext, base_url: str) -> None:
+        self.page: Page = context.new_page()
+        self.sockets: list[WebSocket] = []
+        self.page.on("websocket", lambda ws: self.sockets.append(ws))
+        self.base_url = base_url
+
+    def open(self, path: str = "/") -> Tab:
+        self.page.goto(self.base_url + path)
+        return self
+
+    def session_id(self) -> str:
+        cookies = self.page.context.cookies()
+        cookie = "; ".join(f"{c['name']}={c['value']}" for c in cookies if c["name"] == "session")
+        return session_id_of(cookie)
+
+    def wait_for(self, condition, what: str = "", timeout: float = 15.0):
+        """Poll while the browser's events keep arriving."""
+        return wait_for(
+            condition,
+            timeout=timeout,
+            what=what,
+            sleep=lambda s: self.page.wait_for_timeout(s * 1000),
+        )
+
+    def connected(self, count: int = 1) -> None:
+        """Wait until the page has opened ``count`` sockets or more, exactly one of them open.
+
+        (A Turbo visit to a cached page renders its preview first, whose source
+        connects too; so "or more".)
+        """
+        self.wait_for(
+            lambda: len(self.sockets) >= count and len(self.live_sockets()) == 1,
+            what=f"socket #{count} to open",
+        )
+
+    def live_sockets(self) -> list[WebSocket]:
+        return [ws for ws in self.sockets if not ws.is_closed()]
+
+    def clock(self) -> str:
+        return self.page.inner_text("#clock")
+
+    def wait_for_clock_change(self) -> None:
+        before = self.clock()
+        self.page.wait_for_function(
+            "before => document.querySelector('#clock').innerText !== before", arg=before
+        )
+
+
+def test_stream_source_opens_its_socket_at_the_rendered_url(context, stack, redis_client):
+    tab = Tab(context, stack.base_url).open()
+    src = tab.page.get_attribute("turbo-stream-source", "src")
+    assert src == f"ws://127.0.0.1:{stack.port}/turbo-stream"
+    tab.connected()
+    assert [ws.url for ws in tab.live_sockets()] == [src]
+    # The socket is subscribed under this browser's own session.
+    wait_for(lambda: numsub(redis_client, channel_for(tab.session_id())) == 1)
+
+
+def test_notify_button_shows_a_notification_pushed_by_a_celery_task(context, stack):
+    tab = Tab(context, stack.base_url).open()
+    tab.connected()
+    tab.page.click("#notify")
+    item = tab.page.wait_for_selector("#notifications li.notification")
+    assert "You have a new notification" in item.inner_text()
+    assert tab.page.inner_text("#notify-status") == "Queued — watch the list."
+
+
+def test_progress_bar_fills_and_completes(context, stack):
+    tab = Tab(context, stack.base_url).open()
+    tab.connected()
+    # Watch the values Turbo renders into the bar (observing only; Turbo does the work).
+    tab.page.evaluate(
+        """() => {
+            window.seenProgress = [];
+            new MutationObserver(() => {
+                const bar = document.querySelector('#jobs progress');
+                if (bar) window.seenProgress.push(Number(bar.value));
+            }).observe(document.querySelector('#jobs'), {childList: true, subtree: true});
+        }"""
+    )
+    tab.page.click("#start-job")
+    done = tab.page.wait_for_selector(".job.done .result")
+    assert done.inner_text() == "sum of squares 1..6 = 91"
+    seen = tab.page.evaluate("window.seenProgress")
+    distinct = sorted(set(seen))
+    assert distinct[-1] == 6 and len(distinct) >= 4, seen
+    assert seen == sorted(seen), f"progress went backwards: {seen}"
+    assert tab.page.get_attribute(".job.done progress", "value") == "6"
+
+
+def test_periodic_broadcast_changes_the_page(context, stack):
+    tab = Tab(context, stack.base_url).open()
+    tab.wait_for_clock_change()
+    tab.wait_for_clock_change()
+
+
+def test_a_notification_for_one_session_never_appears_in_another(browser, stack):
+    ctx_a, ctx_b = browser.new_context(), browser.new_context()
+    try:
+        a = Tab(ctx_a, stack.base_url).open()
+        b = Tab(ctx_b, stack.base_url).open()
+        assert a.session_id() != b.session_id()
+        a.connected()
+        b.connected()
+        a.page.click("#notify")
+        a.page.wait_for_selector("#notifications li")
+        # B then asks for its own; once it arrives, A's would have too (same relay, in order).
+        b.page.click("#notify")
+        b.page.wait_for_selector("#notifications li")
+        b.wait_for_clock_change()
+        assert b.page.locator("#notifications li").count() == 1
+        assert a.page.locator("#notifications li").count() == 1
+    finally:
+        ctx_a.close()
+        ctx_b.close()
+
+
+def test_source_reconnects_after_turbo_navigation_and_updates_keep_arriving(context, stack):
+    tab = Tab(context, stack.base_url).open()
+    tab.connected()
+    tab.page.evaluate("window.turboVisitMarker = 'still the same document'")
+
+    tab.page.click("text=About")
+    tab.page.wait_for_selector("#about")
+    tab.connected(2)
+    tab.wait_for_clock_change()
+
+    tab.page.click("#back-home")
+    tab.page.wait_for_selector("#notify")
+    tab.connected(3)
+    # Turbo Drive swapped the body; the document (and its JS state) never reloaded.
+    assert tab.page.evaluate("window.turboVisitMarker") == "still the same document"
+    tab.wait_for_clock_change()
+    tab.page.click("#notify")
+    tab.page.wait_for_selector("#notifications li")
+
+
+def test_screenshot_of_the_demo_in_use(context, stack, tmp_path):
+    tab = Tab(context, stack.base_url).open()
+    tab.connected()
+    tab.page.click("#notify")
+    tab.page.wait_for_selector("#notifications li")
+    tab.page.click("#start-job")
+    tab.page.wait_for_selector(".job.done")
+    tab.page.click("#start-job")
+    # Catch the new job part way: its bar filling while the first one shows its result.
+    tab.page.wait_for_function(
+        "(jobs => jobs.length === 2 && Number(jobs[0].dataset.done) >= 2)"
+        "(document.querySelectorAll('#jobs .job'))"
+    )
+    shot = tmp_path / "demo.png"
+    tab.page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shot.stat().st_size > 10_000
+    # `make test SCREENSHOT=1` refreshes the committed docs/demo.png.
+    if os.environ.get("SCREENSHOT") == "1":
+        target: Path = ROOT / "docs" / "demo.png"
+        target.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, target)

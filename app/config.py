@@ -31,6 +31,11 @@ as strings otherwise. ``create_app(test_config)`` overrides both.
                                and X-Forwarded-Host; 0 ignores those headers (0).
 ``TURBO_REDIS_HEALTH_CHECK_INTERVAL``  Seconds of pub/sub silence before the relay pings
                                Redis to find a dead link (15).
+``TURBO_ALLOWED_ORIGINS``      Origins, besides the site's own, whose pages may open a socket
+                               (a JSON list; ``["*"]`` allows any) ([]).
+``TURBO_MAX_SOCKETS_PER_SESSION``  Open sockets one session may hold in one web process;
+                               0 means no cap (16).
+``TURBO_MAX_STREAMS_PER_SOCKET``   Named streams one socket may ask for (32).
 =============================  ===========================================================
 """
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import html
 import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -200,7 +202,8 @@ def handshake_status(ws_url: str, cookie: str | None, origin: str | None = None)
         headers["Origin"] = origin
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     try:
-        conn.request("GET", parts.path, headers=headers)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn.request("GET", target, headers=headers)
         return conn.getresponse().status
     finally:
         conn.close()
@@ -333,3 +336,41 @@ def post(base_url: str, path: str, cookie: str, form: dict[str, str] | None = No
         conn.close()
     assert response.status == 200, (response.status, text)
     return text
+
+
+def _request(
+    base_url: str, method: str, path: str, cookie: str | None, body: str = ""
+) -> tuple[int, dict[str, str], str, str | None]:
+    """One HTTP request; returns status, headers, body and the updated ``Cookie`` header."""
+    parts = urlsplit(base_url)
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if cookie:
+        headers["Cookie"] = cookie
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        text = response.read().decode()
+        set_cookie = [
+            v.split(";", 1)[0] for k, v in response.getheaders() if k.lower() == "set-cookie"
+        ]
+        return response.status, dict(response.getheaders()), text, "; ".join(set_cookie) or cookie
+    finally:
+        conn.close()
+
+
+def login(base_url: str, cookie: str, name: str) -> str:
+    """Sign the session in as ``name`` through the demo's form; return the new cookie."""
+    status, _, body, new_cookie = _request(base_url, "POST", "/login", cookie, f"name={name}")
+    assert status == 303, (status, body)
+    assert new_cookie and new_cookie != cookie
+    return new_cookie
+
+
+def page_stream_url(base_url: str, path: str, cookie: str) -> str:
+    """The ``src`` of the ``<turbo-stream-source>`` that a page renders for this session."""
+    status, _, body, _ = _request(base_url, "GET", path, cookie)
+    assert status == 200, status
+    match = re.search(r'<turbo-stream-source src="([^"]+)"', body)
+    assert match, body[:500]
+    return html.unescape(match.group(1))

@@ -57,6 +57,16 @@ def run_job(publisher: Publisher, session_id: str, job_id: str, steps: int, paus
     return result
 
 
+def user_ping_html(user: str, from_session: str) -> Markup:
+    """A line for every tab of one user."""
+    return _html("demo/_user_ping.html", user=user, origin=from_session[:6], at=now_text())
+
+
+def board_message_html(text: str, author: str | None) -> Markup:
+    """A message posted to a board."""
+    return _html("demo/_board_message.html", text=text, author=author or "someone", at=now_text())
+
+
 def every_action() -> list[TurboStream]:
     """One stream of every built-in action, aimed at the boxes of the Actions page."""
     return [

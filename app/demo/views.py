@@ -15,12 +15,22 @@ from flask import (
     render_template,
     request,
     send_file,
+    session,
     url_for,
 )
 from werkzeug.wrappers import Response as BaseResponse
 
 from app.demo import bp, services
-from app.turbo import MIME_TYPE, TurboStream, render_streams, send_later, session_id
+from app.extensions import turbo
+from app.turbo import (
+    MIME_TYPE,
+    InvalidChannelError,
+    TurboStream,
+    render_streams,
+    send_later,
+    session_id,
+)
+from app.turbo.channels import user_key
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +94,60 @@ def run_actions() -> BaseResponse:
     """Have a worker push one stream of every action to this session."""
     current_app.extensions["celery"].send_task(
         "workers.tasks.push_every_action", args=[session_id()]
+    )
+    return _streams_or_redirect()
+
+
+@turbo.user_loader
+def current_user_id() -> str | None:
+    """The demo's "authentication": a name kept in the signed session cookie."""
+    user = session.get("user")
+    return user if isinstance(user, str) else None
+
+
+@bp.post("/login")
+def login() -> BaseResponse:
+    """Sign in under a name; every tab of every browser signed in as it is one user."""
+    name = request.form.get("name", "").strip()
+    try:
+        session["user"] = user_key(name)
+    except InvalidChannelError:
+        abort(400, "a name is 1-128 characters of A-Z a-z 0-9 _ . @ + = -")
+    return redirect(request.referrer or url_for("demo.index"), code=303)
+
+
+@bp.post("/logout")
+def logout() -> BaseResponse:
+    session.pop("user", None)
+    return redirect(request.referrer or url_for("demo.index"), code=303)
+
+
+@bp.post("/me/ping")
+def ping_my_tabs() -> BaseResponse:
+    """Push to every socket of the signed-in user, on every web process."""
+    user = current_user_id()
+    if user is None:
+        abort(403, "sign in first")
+    turbo.to_user(
+        user, TurboStream.prepend("user-pings", services.user_ping_html(user, session_id()))
+    )
+    return _streams_or_redirect()
+
+
+@bp.get("/boards/<int:board_id>")
+def board(board_id: int) -> str:
+    """A named stream: everyone on this board's page sees what is posted to it."""
+    return render_template("demo/board.html", board_id=board_id, now=services.now_text())
+
+
+@bp.post("/boards/<int:board_id>/messages")
+def post_to_board(board_id: int) -> BaseResponse:
+    text = request.form.get("text", "").strip()[:500]
+    if not text:
+        abort(400, "say something")
+    turbo.to_stream(
+        f"board:{board_id}",
+        TurboStream.append("board-messages", services.board_message_html(text, current_user_id())),
     )
     return _streams_or_redirect()
 

@@ -4,7 +4,13 @@ The public API. The demo site and the Celery workers use only what is
 exported here, exactly as an application of your own would.
 """
 
-from .channels import broadcast_channel, channel_for, valid_session_id
+from .channels import (
+    broadcast_channel,
+    channel_for,
+    stream_channel,
+    user_channel,
+    valid_session_id,
+)
 from .connection import CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION
 from .errors import (
     InvalidChannelError,
@@ -13,10 +19,18 @@ from .errors import (
     PublishError,
     TurboError,
 )
-from .extension import DEFAULTS, STATUS_NO_SESSION, Turbo
+from .extension import (
+    DEFAULTS,
+    STATUS_BAD_ORIGIN,
+    STATUS_BAD_STREAM,
+    STATUS_NO_SESSION,
+    STATUS_TOO_MANY_SOCKETS,
+    Turbo,
+)
 from .helpers import session_id, stream_url, turbo_stream_source
 from .outbox import CLOSE_OUTBOX_OVERFLOW
 from .publisher import Publisher
+from .signing import StreamSigner
 from .streams import ACTIONS, MIME_TYPE, TurboStream, render_streams
 from .tasks import broadcast_later, send_later
 
@@ -28,7 +42,11 @@ __all__ = [
     "CLOSE_POLICY_VIOLATION",
     "DEFAULTS",
     "MIME_TYPE",
+    "STATUS_BAD_ORIGIN",
+    "STATUS_BAD_STREAM",
     "STATUS_NO_SESSION",
+    "STATUS_TOO_MANY_SOCKETS",
+    "StreamSigner",
     "InvalidChannelError",
     "InvalidStreamError",
     "MessageTooLargeError",
@@ -43,7 +61,9 @@ __all__ = [
     "render_streams",
     "send_later",
     "session_id",
+    "stream_channel",
     "stream_url",
     "turbo_stream_source",
+    "user_channel",
     "valid_session_id",
 ]

@@ -16,6 +16,10 @@ DEFAULT_PREFIX = "turbo"
 #: Session ids are what :func:`new_session_id` makes: URL-safe base64, 16 to 128 characters.
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+#: User ids: what a user loader returns (ints become their decimal text).
+USER_ID_RE = re.compile(r"[A-Za-z0-9_.@+=-]{1,128}")
+#: Named streams: topics such as ``board:42`` or ``org/7/inbox``.
+STREAM_NAME_RE = re.compile(r"[A-Za-z0-9_.:@/=+-]{1,200}")
 
 
 def _check_prefix(prefix: str) -> str:
@@ -54,3 +58,50 @@ def broadcast_channel(prefix: str = DEFAULT_PREFIX) -> str:
     :param prefix: the channel namespace (``TURBO_CHANNEL_PREFIX``).
     """
     return f"{_check_prefix(prefix)}:broadcast"
+
+
+def user_key(user_id: object) -> str:
+    """Return a user id as its channel key, or raise :class:`InvalidChannelError`.
+
+    :param user_id: a ``str`` or ``int`` id, as the app's user loader returns it.
+    """
+    if isinstance(user_id, bool) or not isinstance(user_id, str | int):
+        raise InvalidChannelError(f"a user id is a str or an int, not {type(user_id).__name__}")
+    key = str(user_id)
+    if not USER_ID_RE.fullmatch(key):
+        raise InvalidChannelError(
+            f"{key!r} is not a usable user id (1-128 characters of A-Z a-z 0-9 _ . @ + = -)"
+        )
+    return key
+
+
+def user_channel(user_id: str | int, prefix: str = DEFAULT_PREFIX) -> str:
+    """Return the channel of one user: every socket of every session of theirs.
+
+    :param user_id: the user's id (what the app's user loader returns).
+    :param prefix: the channel namespace (``TURBO_CHANNEL_PREFIX``).
+    :raises InvalidChannelError: when the id has characters outside the allowed set.
+    """
+    return f"{_check_prefix(prefix)}:user:{user_key(user_id)}"
+
+
+def check_stream_name(name: object) -> str:
+    """Return ``name`` if it can name a stream, or raise :class:`InvalidChannelError`.
+
+    :param name: the stream's name, such as ``"board:42"``.
+    """
+    if not isinstance(name, str) or not STREAM_NAME_RE.fullmatch(name):
+        raise InvalidChannelError(
+            f"{name!r} is not a stream name (1-200 characters of A-Z a-z 0-9 _ . : @ / = + -)"
+        )
+    return name
+
+
+def stream_channel(name: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Return the channel of a named stream (a topic that signed-in pages listen to).
+
+    :param name: the stream's name, such as ``"board:42"``.
+    :param prefix: the channel namespace (``TURBO_CHANNEL_PREFIX``).
+    :raises InvalidChannelError: when the name has characters outside the allowed set.
+    """
+    return f"{_check_prefix(prefix)}:stream:{check_stream_name(name)}"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 import secrets
-from urllib.parse import urlsplit
+from collections.abc import Iterable
+from urllib.parse import urlencode, urlsplit
 
 from flask import current_app, request, session, url_for
 from markupsafe import Markup, escape
 
 from .channels import valid_session_id
 from .errors import TurboError
+from .signing import StreamSigner
 
 #: The key of the session id in Flask's (signed) session.
 SESSION_KEY = "turbo_sid"
@@ -48,7 +50,39 @@ def _forwarded(header: str, trusted: int) -> str | None:
     return values[-trusted]
 
 
-def stream_url(path: str | None = None) -> str:
+def _scheme_host() -> tuple[str, str]:
+    # The site's own scheme and host, as the browser sees them.
+    trusted = int(current_app.config.get("TURBO_TRUSTED_PROXIES", 0))
+    scheme = (_forwarded("X-Forwarded-Proto", trusted) or request.scheme).lower()
+    host = _forwarded("X-Forwarded-Host", trusted) or request.host
+    if not _HOST_RE.fullmatch(host):
+        raise TurboError(f"refusing to use the host {host!r}")
+    return scheme, host.lower()
+
+
+def _origin(scheme: str, host: str) -> str:
+    scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
+    default_port = {"http": ":80", "https": ":443"}.get(scheme)
+    if default_port and host.endswith(default_port):
+        host = host[: -len(default_port)]
+    return f"{scheme}://{host}"
+
+
+def site_origin() -> str:
+    """The origin (``scheme://host[:port]``) this request was made to, as the browser sees it."""
+    return _origin(*_scheme_host())
+
+
+def normalize_origin(origin: str) -> str:
+    """Lower-case an ``Origin`` header value and drop a default port, for comparison.
+
+    :param origin: the header's value, such as ``https://example.com:443``.
+    """
+    scheme, sep, host = origin.strip().lower().partition("://")
+    return _origin(scheme, host.rstrip("/")) if sep else origin.strip().lower()
+
+
+def stream_url(path: str | None = None, streams: Iterable[str] = ()) -> str:
     """Return the absolute ``ws://`` or ``wss://`` URL of the stream endpoint.
 
     The scheme and host come from the request; ``X-Forwarded-Proto`` and
@@ -56,12 +90,9 @@ def stream_url(path: str | None = None) -> str:
     proxies in front of the app set them.
 
     :param path: the endpoint's path; by default the registered ``TURBO_WEBSOCKET_ROUTE``.
+    :param streams: names of streams to listen to; each is signed with the app's secret.
     """
-    trusted = int(current_app.config.get("TURBO_TRUSTED_PROXIES", 0))
-    scheme = (_forwarded("X-Forwarded-Proto", trusted) or request.scheme).lower()
-    host = _forwarded("X-Forwarded-Host", trusted) or request.host
-    if not _HOST_RE.fullmatch(host):
-        raise TurboError(f"refusing to build a stream URL for the host {host!r}")
+    scheme, host = _scheme_host()
     if path is None:
         # Werkzeug builds websocket rules as ws:// URLs from the raw request; keep the path.
         path = urlsplit(url_for(ENDPOINT)).path
@@ -70,16 +101,25 @@ def stream_url(path: str | None = None) -> str:
     else:
         path = request.script_root + path
     ws_scheme = "wss" if scheme in ("https", "wss") else "ws"
-    return f"{ws_scheme}://{host}{path}"
+    url = f"{ws_scheme}://{host}{path}"
+    names = [streams] if isinstance(streams, str) else list(streams)
+    if names:
+        signer = StreamSigner(current_app.secret_key or "")
+        url += "?" + urlencode([("streams", signer.sign(name)) for name in names])
+    return url
 
 
-def turbo_stream_source(path: str | None = None, **attributes: str) -> Markup:
+def turbo_stream_source(
+    path: str | None = None, *, streams: Iterable[str] = (), **attributes: str
+) -> Markup:
     """Render ``<turbo-stream-source>`` for this session, with an absolute WebSocket URL.
 
-    Use it in a template: ``{{ turbo_stream_source() }}``. Rendering it also
+    Use it in a template: ``{{ turbo_stream_source() }}``, or with named streams,
+    ``{{ turbo_stream_source(streams=["board:" ~ board.id]) }}``. Rendering it also
     makes sure the session has an id, so the socket's handshake carries one.
 
     :param path: the endpoint's path; by default ``TURBO_WEBSOCKET_ROUTE``.
+    :param streams: names of streams this page listens to, signed into the URL.
     :param attributes: extra attributes (``id``, ``data_*``; ``_`` becomes ``-``).
     """
     session_id()
@@ -89,6 +129,6 @@ def turbo_stream_source(path: str | None = None, **attributes: str) -> Markup:
         if not _ATTR_RE.fullmatch(name) or name == "src":
             raise TurboError(f"bad attribute for turbo-stream-source: {name!r}")
         extra.append(f' {name}="{escape(value)}"')
-    src = escape(stream_url(path))
+    src = escape(stream_url(path, streams))
     html = f'<turbo-stream-source src="{src}"{"".join(extra)}></turbo-stream-source>'
     return Markup(html)  # noqa: S704 - every interpolated value is escaped above

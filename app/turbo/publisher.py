@@ -15,7 +15,7 @@ from markupsafe import Markup
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .channels import DEFAULT_PREFIX, broadcast_channel, channel_for
+from .channels import DEFAULT_PREFIX, broadcast_channel, channel_for, stream_channel, user_channel
 from .errors import MessageTooLargeError, PublishError
 from .streams import render_streams
 
@@ -66,6 +66,25 @@ class Publisher:
         :returns: how many web processes received it (0 when nobody listens).
         """
         return self.publish(channel_for(session_id, self.prefix), *streams)
+
+    def to_user(self, user_id: str | int, *streams: Any) -> int:
+        """Send streams to every socket of every session of one user, on every web process.
+
+        :param user_id: the user's id, as the app's user loader returns it.
+        :param streams: ``TurboStream`` objects, sent together as one message.
+        :returns: how many web processes received it.
+        """
+        return self.publish(user_channel(user_id, self.prefix), *streams)
+
+    def to_stream(self, name: str, *streams: Any) -> int:
+        """Send streams to every page that listens to a named stream.
+
+        :param name: the stream's name, such as ``"board:42"``; pages ask for it with
+            ``turbo_stream_source(streams=["board:42"])``.
+        :param streams: ``TurboStream`` objects, sent together as one message.
+        :returns: how many web processes received it.
+        """
+        return self.publish(stream_channel(name, self.prefix), *streams)
 
     def to_all(self, *streams: Any) -> int:
         """Send streams to every connected socket, everywhere.

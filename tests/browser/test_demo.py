@@ -18,8 +18,13 @@ class Tab:
     def __init__(self, context: BrowserContext, base_url: str) -> None:
         self.page: Page = context.new_page()
         self.sockets: list[WebSocket] = []
-        self.page.on("websocket", lambda ws: self.sockets.append(ws))
+        self.heard: set[str] = set()  # ids of sockets that received a frame
+        self.page.on("websocket", self._opened)
         self.base_url = base_url
+
+    def _opened(self, ws: WebSocket) -> None:
+        self.sockets.append(ws)
+        ws.on("framereceived", lambda _payload: self.heard.add(str(id(ws))))
 
     def open(self, path: str = "/") -> Tab:
         self.page.goto(self.base_url + path)
@@ -40,13 +45,19 @@ class Tab:
         )
 
     def connected(self, count: int = 1) -> None:
-        """Wait until the page has opened ``count`` sockets or more, exactly one of them open.
+        """Wait until the page has opened ``count`` sockets or more, exactly one of them open,
+        and that one has received a frame (beat's clock): it is registered with the relay.
 
         (A Turbo visit to a cached page renders its preview first, whose source
         connects too; so "or more".)
         """
+
+        def ready() -> bool:
+            live = self.live_sockets()
+            return len(self.sockets) >= count and len(live) == 1 and str(id(live[0])) in self.heard
+
         self.wait_for(
-            lambda: len(self.sockets) >= count and len(self.live_sockets()) == 1,
+            ready,
             what=f"socket #{count} to open",
         )
 
@@ -174,3 +185,43 @@ def test_screenshot_of_the_demo_in_use(context, stack, tmp_path):
         target: Path = ROOT / "docs" / "demo.png"
         target.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, target)
+
+
+def test_a_board_post_reaches_every_page_on_that_board_only(browser, stack):
+    contexts = [browser.new_context() for _ in range(3)]
+    try:
+        on_1a, on_1b, on_2 = (Tab(c, stack.base_url) for c in contexts)
+        for tab, board in ((on_1a, 1), (on_1b, 1), (on_2, 2)):
+            tab.open(f"/boards/{board}").connected()
+        on_1a.page.fill("#board-text", "hello board one")
+        on_1a.page.click("#post-to-board")
+        for tab in (on_1a, on_1b):
+            assert "hello board one" in tab.page.wait_for_selector(".board-message").inner_text()
+        on_2.page.fill("#board-text", "hello board two")
+        on_2.page.click("#post-to-board")
+        assert "hello board two" in on_2.page.wait_for_selector(".board-message").inner_text()
+        assert on_2.page.locator(".board-message").count() == 1
+        assert on_1b.page.locator(".board-message").count() == 1
+    finally:
+        for c in contexts:
+            c.close()
+
+
+def test_a_user_push_reaches_every_browser_signed_in_as_that_user(browser, stack):
+    contexts = [browser.new_context() for _ in range(3)]
+    try:
+        tabs = [Tab(c, stack.base_url).open() for c in contexts]
+        for tab, name in zip(tabs, ["ann", "ann", "bob"], strict=True):
+            tab.page.fill("#login-name", name)
+            tab.page.click("#login")
+            tab.page.wait_for_selector("#user-name")
+            tab.connected(2)  # the page after signing in has a socket of its own
+        tabs[0].page.click("#ping-tabs")
+        for tab in tabs[:2]:
+            assert "Hello ann" in tab.page.wait_for_selector(".user-ping").inner_text()
+        tabs[2].page.click("#ping-tabs")
+        assert "Hello bob" in tabs[2].page.wait_for_selector(".user-ping").inner_text()
+        assert tabs[2].page.locator(".user-ping").count() == 1
+    finally:
+        for c in contexts:
+            c.close()

@@ -240,3 +240,9 @@ def test_close_closes_the_client(publisher, client):
     publisher.close()
 
     assert client.closed
+
+
+def test_to_user_and_to_stream_publish_on_their_channels(publisher, client):
+    publisher.to_user("ann", TurboStream.remove("x"))
+    publisher.to_stream("board:1", TurboStream.remove("x"))
+    assert [c for c, _ in client.published] == ["turbo:user:ann", "turbo:stream:board:1"]

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from app.embedded_redis import EmbeddedRedis
+from app.turbo import Publisher
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -42,3 +43,11 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where the servers a test module starts write their logs."""
     return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture
+def publisher(redis_url: str) -> Iterator[Publisher]:
+    """A publisher on the test Redis, as a worker would have."""
+    pub = Publisher(redis_url)
+    yield pub
+    pub.close()

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import simple_websocket
 from flask import Flask
@@ -116,6 +116,7 @@ class WebServer(ManagedProcess):
         self._spawn(
             [
                 sys.executable, "-m", "gunicorn",
+                "-c", "python:app.turbo.gunicorn_hooks",
                 "--bind", f"127.0.0.1:{self.port}",
                 "--workers", str(self.workers),
                 "--threads", str(self.threads),
@@ -371,6 +372,53 @@ def page_stream_url(base_url: str, path: str, cookie: str) -> str:
     """The ``src`` of the ``<turbo-stream-source>`` that a page renders for this session."""
     status, _, body, _ = _request(base_url, "GET", path, cookie)
     assert status == 200, status
-    match = re.search(r'<turbo-stream-source src="([^"]+)"', body)
+    match = re.search(r'<turbo(?:cast)?-stream-source src="([^"]+)"', body)
     assert match, body[:500]
     return html.unescape(match.group(1))
+
+
+class ResumingClient:
+    """A client of the ``turbocast.v1`` protocol, as ``<turbocast-stream-source>`` speaks it.
+
+    It keeps the last id of every label and reconnects with them as ``since=``.
+    """
+
+    def __init__(self, url: str, cookie: str) -> None:
+        parts = urlsplit(url)
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "since"]
+        self.base = parts._replace(query="").geturl()
+        self.query = query
+        self.positions = dict(v.split("~", 1) for k, v in parse_qsl(parts.query) if k == "since")
+        self.cookie = cookie
+        self.ws: simple_websocket.Client | None = None
+        #: (kind, label, id, html) of everything received, across reconnects.
+        self.received: list[tuple[str, str, str, str]] = []
+
+    def url(self) -> str:
+        since = [("since", f"{label}~{pos}") for label, pos in self.positions.items()]
+        return f"{self.base}?{urlencode(self.query + since)}"
+
+    def connect(self) -> ResumingClient:
+        self.ws = simple_websocket.Client.connect(
+            self.url(), subprotocols=["turbocast.v1"], headers={"Cookie": self.cookie}
+        )
+        assert self.ws.subprotocol == "turbocast.v1"
+        return self
+
+    def next(self, timeout: float = 10.0) -> tuple[str, str, str, str]:
+        """The next message: ``(kind, label, id, html)``; advances the position."""
+        assert self.ws is not None
+        data = self.ws.receive(timeout=timeout)
+        if data is None:
+            raise AssertionError(f"no message within {timeout}s")
+        head, _, html = str(data).partition("\n")
+        kind, label, message_id = head.split(" ")
+        if message_id != "-":
+            self.positions[label] = message_id
+        self.received.append((kind, label, message_id, html))
+        return kind, label, message_id, html
+
+    def close(self) -> None:
+        if self.ws is not None:
+            self.ws.close()
+            self.ws = None

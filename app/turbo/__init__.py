@@ -12,6 +12,13 @@ from .channels import (
     valid_session_id,
 )
 from .connection import CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION
+from .endpoint import (
+    STATUS_BAD_ORIGIN,
+    STATUS_BAD_POSITION,
+    STATUS_BAD_STREAM,
+    STATUS_NO_SESSION,
+    STATUS_TOO_MANY_SOCKETS,
+)
 from .errors import (
     InvalidChannelError,
     InvalidStreamError,
@@ -19,17 +26,12 @@ from .errors import (
     PublishError,
     TurboError,
 )
-from .extension import (
-    DEFAULTS,
-    STATUS_BAD_ORIGIN,
-    STATUS_BAD_STREAM,
-    STATUS_NO_SESSION,
-    STATUS_TOO_MANY_SOCKETS,
-    Turbo,
-)
+from .extension import DEFAULTS, Turbo
 from .helpers import session_id, stream_url, turbo_stream_source
+from .message import SUBPROTOCOL
 from .outbox import CLOSE_OUTBOX_OVERFLOW
 from .publisher import Publisher
+from .relay import close_all_sockets
 from .signing import StreamSigner
 from .streams import ACTIONS, MIME_TYPE, TurboStream, render_streams
 from .tasks import broadcast_later, send_later
@@ -43,9 +45,11 @@ __all__ = [
     "DEFAULTS",
     "MIME_TYPE",
     "STATUS_BAD_ORIGIN",
+    "STATUS_BAD_POSITION",
     "STATUS_BAD_STREAM",
     "STATUS_NO_SESSION",
     "STATUS_TOO_MANY_SOCKETS",
+    "SUBPROTOCOL",
     "StreamSigner",
     "InvalidChannelError",
     "InvalidStreamError",
@@ -58,6 +62,7 @@ __all__ = [
     "broadcast_channel",
     "broadcast_later",
     "channel_for",
+    "close_all_sockets",
     "render_streams",
     "send_later",
     "session_id",

@@ -105,3 +105,40 @@ def stream_channel(name: str, prefix: str = DEFAULT_PREFIX) -> str:
     :raises InvalidChannelError: when the name has characters outside the allowed set.
     """
     return f"{_check_prefix(prefix)}:stream:{check_stream_name(name)}"
+
+
+def _rest(channel: str, prefix: str) -> str:
+    head = f"{_check_prefix(prefix)}:"
+    if not channel.startswith(head):
+        raise InvalidChannelError(f"{channel!r} is not a channel under the prefix {prefix!r}")
+    return channel[len(head) :]
+
+
+def history_key(channel: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Return the Redis key of a channel's history (a Redis Stream).
+
+    :param channel: the channel, from one of the ``*_channel`` functions.
+    :param prefix: the channel namespace (``TURBO_CHANNEL_PREFIX``).
+    """
+    return f"{prefix}:history:{_rest(channel, prefix)}"
+
+
+def label_for(channel: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Return the short name clients use for a channel: ``s``, ``b``, ``u`` or ``t:<stream>``.
+
+    A socket listens to one session, one user and any number of streams, so the
+    label says which without repeating ids in every frame and URL.
+
+    :param channel: the channel.
+    :param prefix: the channel namespace (``TURBO_CHANNEL_PREFIX``).
+    """
+    kind, _, rest = _rest(channel, prefix).partition(":")
+    if kind == "session":
+        return "s"
+    if kind == "broadcast":
+        return "b"
+    if kind == "user":
+        return "u"
+    if kind == "stream":
+        return f"t:{rest}"
+    raise InvalidChannelError(f"{channel!r} is not a turbocast channel")

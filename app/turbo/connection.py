@@ -30,6 +30,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError
 
+from .message import SUBPROTOCOL, Cursor, Message
 from .outbox import Outbox
 
 logger = logging.getLogger("turbocast.socket")
@@ -108,7 +109,8 @@ class TurboConnection(Server):  # type: ignore[misc]
                 # The handshake runs in the handler thread, before the reader starts,
                 # so answering here is still the one writer. No permessage-deflate: a
                 # frame is then the same bytes for every socket and is encoded once.
-                self.sock.sendall(self.ws.send(AcceptConnection()))
+                self.subprotocol = SUBPROTOCOL if SUBPROTOCOL in event.subprotocols else None
+                self.sock.sendall(self.ws.send(AcceptConnection(subprotocol=self.subprotocol)))
             elif isinstance(event, CloseConnection):
                 self.close_reason = event.code
                 self.close_message = event.reason
@@ -152,21 +154,37 @@ class TurboConnection(Server):  # type: ignore[misc]
 
     # -- the writer (handler thread) --------------------------------------------
 
-    def serve(self) -> str:
+    @property
+    def tagged(self) -> bool:
+        """Whether the client speaks ``turbocast.v1`` (ids with every message)."""
+        return self.subprotocol == SUBPROTOCOL
+
+    def _write(self, messages: list[Message], cursor: Cursor) -> None:
+        tagged = self.tagged
+        frames = [m.tagged_frame if tagged else m.plain_frame for m in messages if cursor.admit(m)]
+        if frames:
+            self.sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
+
+    def serve(self, replay: list[Message] | None = None) -> str:
         """Write what the outbox holds until the connection ends; the handler thread calls this.
 
+        :param replay: messages from the history to send first (the outbox may
+            already hold some of them; nothing is sent twice).
         :returns: why the connection ended, for the log.
         """
         interval = self.heartbeat
         next_ping = time.monotonic() + interval if interval else None
+        cursor = Cursor()
         try:
+            if replay:
+                self._write(replay, cursor)
             while True:
                 wait = None if next_ping is None else max(0.0, next_ping - time.monotonic())
-                controls, frames, closing = self.outbox.drain(wait)
+                controls, messages, closing = self.outbox.drain(wait)
                 for event in controls:
                     self.sock.sendall(self.ws.send(event))
-                if frames:
-                    self.sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
+                if messages:
+                    self._write(messages, cursor)
                 if closing is not None:
                     if closing.code is not None:
                         self._send_close(closing.code, closing.reason)

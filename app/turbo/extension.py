@@ -1,4 +1,4 @@
-"""The Flask extension: the ``/turbo-stream`` endpoint, the template helper, the session id."""
+"""The Flask extension: per-app state, the routes it registers, the publishing shortcuts."""
 
 from __future__ import annotations
 
@@ -6,34 +6,38 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
-from flask import Flask, Response, current_app, request, session
-from werkzeug.exceptions import BadRequest
+import redis
+from flask import Flask, current_app, request, send_file
+from werkzeug.wrappers import Response as BaseResponse
 
 from .channels import (
     broadcast_channel,
     channel_for,
+    history_key,
+    label_for,
     stream_channel,
     user_channel,
-    valid_session_id,
 )
-from .connection import TurboConnection
-from .errors import InvalidChannelError, TurboError
+from .errors import TurboError
 from .helpers import (
     ENDPOINT,
-    SESSION_KEY,
-    normalize_origin,
+    SCRIPT_ENDPOINT,
+    SSE_ENDPOINT,
     session_id,
-    site_origin,
     stream_url,
     turbo_stream_source,
 )
-from .outbox import Outbox
-from .publisher import DEFAULT_MAX_MESSAGE_BYTES, Publisher
+from .publisher import (
+    DEFAULT_HISTORY_MAXLEN,
+    DEFAULT_HISTORY_SECONDS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Publisher,
+)
 from .relay import Relay
-from .signing import StreamSigner
 
 logger = logging.getLogger("turbocast")
 
@@ -54,16 +58,14 @@ DEFAULTS: dict[str, Any] = {
     "TURBO_ALLOWED_ORIGINS": [],
     "TURBO_MAX_SOCKETS_PER_SESSION": 16,
     "TURBO_MAX_STREAMS_PER_SOCKET": 32,
+    "TURBO_HISTORY_MAXLEN": DEFAULT_HISTORY_MAXLEN,
+    "TURBO_HISTORY_SECONDS": DEFAULT_HISTORY_SECONDS,
+    "TURBO_TRANSPORT": "turbo",
+    "TURBO_SSE_ROUTE": "/turbo-stream/events",
+    "TURBO_SCRIPT_ROUTE": "/turbocast.js",
 }
 
-#: HTTP status of a handshake without a valid session cookie.
-STATUS_NO_SESSION = 403
-#: HTTP status of a handshake from a page of another origin.
-STATUS_BAD_ORIGIN = 403
-#: HTTP status of a handshake asking for a stream without a valid signature.
-STATUS_BAD_STREAM = 403
-#: HTTP status of a handshake past ``TURBO_MAX_SOCKETS_PER_SESSION``.
-STATUS_TOO_MANY_SOCKETS = 429
+SCRIPT = Path(__file__).with_name("static") / "turbocast.js"
 
 UserLoader = Callable[[], "str | int | None"]
 L = TypeVar("L", bound=UserLoader)
@@ -118,8 +120,47 @@ class TurboState:
                     self.redis_url,
                     prefix=self.config["TURBO_CHANNEL_PREFIX"],
                     max_message_bytes=int(self.config["TURBO_MAX_MESSAGE_BYTES"]),
+                    history_maxlen=int(self.config["TURBO_HISTORY_MAXLEN"]),
+                    history_seconds=float(self.config["TURBO_HISTORY_SECONDS"]),
                 )
             return self._publisher
+
+    def page_channels(self, sid: str, streams: list[str]) -> list[str]:
+        """The channels a page of this session listens to: its session, everyone, its named
+        streams, and its user's channel when the user loader names one.
+
+        :param sid: the session's id.
+        :param streams: the names of the page's streams (already verified).
+        :raises InvalidChannelError: a malformed id or name, or a user id the loader
+            returned that cannot name a channel.
+        """
+        prefix = self.config["TURBO_CHANNEL_PREFIX"]
+        channels = [channel_for(sid, prefix), broadcast_channel(prefix)]
+        channels += [stream_channel(name, prefix) for name in streams]
+        user_id = self.turbo.load_user_id()
+        if user_id is not None:
+            channels.append(user_channel(user_id, prefix))
+        return channels
+
+    def positions(self, channels: list[str]) -> list[tuple[str, str]]:
+        """Each channel's label and newest history id: where a page rendered now starts.
+
+        A page carries these into its socket's URL, so the socket replays what was
+        published between the render and the connect. Without Redis, no positions.
+
+        :param channels: the channels the page's socket will listen to.
+        """
+        prefix = self.config["TURBO_CHANNEL_PREFIX"]
+        try:
+            ids = self.publisher.history.positions([history_key(c, prefix) for c in channels])
+        except (redis.RedisError, TurboError) as exc:
+            logger.warning(
+                "turbocast: no stream positions for the page (%s)",
+                exc.__class__.__name__,
+                extra={"turbo_error": repr(exc)},
+            )
+            return []
+        return [(label_for(c, prefix), i) for c, i in zip(channels, ids, strict=True)]
 
     def relay(self) -> Relay:
         """Return this process's relay, starting it on first use.
@@ -128,6 +169,7 @@ class TurboState:
         pre-fork master, a Celery worker or the CLI never runs one, and a forked
         child never inherits a half-made one.
         """
+        history = self.publisher.history  # (takes the lock itself)
         with self._lock:
             relay = self._relay
             if relay is None or relay.pid not in (None, os.getpid()):
@@ -135,6 +177,7 @@ class TurboState:
                     self.redis_url,
                     prefix=self.config["TURBO_CHANNEL_PREFIX"],
                     health_check_interval=float(self.config["TURBO_REDIS_HEALTH_CHECK_INTERVAL"]),
+                    history=history,
                 )
                 self._relay = relay
         relay.start()
@@ -197,12 +240,20 @@ class Turbo:
         """
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
+        from .endpoint import sse_endpoint, websocket_endpoint
+
         app.extensions["turbo"] = TurboState(app, self)
         app.add_url_rule(
             app.config["TURBO_WEBSOCKET_ROUTE"],
             endpoint=ENDPOINT,
-            view_func=_stream_endpoint,
+            view_func=websocket_endpoint,
             websocket=True,
+        )
+        app.add_url_rule(
+            app.config["TURBO_SSE_ROUTE"], endpoint=SSE_ENDPOINT, view_func=sse_endpoint
+        )
+        app.add_url_rule(
+            app.config["TURBO_SCRIPT_ROUTE"], endpoint=SCRIPT_ENDPOINT, view_func=_script
         )
         app.before_request(_ensure_session_id)
         app.context_processor(
@@ -248,134 +299,10 @@ class Turbo:
 
 def _ensure_session_id() -> None:
     # No session for the socket itself, static files, or requests that matched no route.
-    if request.endpoint not in (None, ENDPOINT, "static"):
+    if request.endpoint not in (None, ENDPOINT, SSE_ENDPOINT, SCRIPT_ENDPOINT, "static"):
         session_id()
 
 
-def _refuse(status: int, reason: str, **extra: Any) -> Response:
-    logger.warning(
-        "turbocast: refused WebSocket handshake: %s",
-        reason,
-        extra={"turbo_status": status, "turbo_remote_addr": request.remote_addr, **extra},
-    )
-    return Response(f"{reason}\n", status=status, mimetype="text/plain")
-
-
-def _origin_refusal(config: Any) -> Response | None:
-    # Cross-site WebSocket hijacking: a page elsewhere opening a socket with our cookie.
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return None  # not a browser: it could send any cookie it holds anyway
-    allowed = {normalize_origin(o) for o in config["TURBO_ALLOWED_ORIGINS"]}
-    if "*" in allowed:
-        return None
-    with suppress(TurboError):
-        allowed.add(site_origin())
-    if normalize_origin(origin) in allowed:
-        return None
-    return _refuse(STATUS_BAD_ORIGIN, "origin not allowed", turbo_origin=origin[:200])
-
-
-def _channels(state: TurboState, sid: str) -> list[str] | Response:
-    """The channels this handshake may listen to, or the refusal."""
-    config = state.config
-    prefix = config["TURBO_CHANNEL_PREFIX"]
-    channels = [channel_for(sid, prefix), broadcast_channel(prefix)]
-    tokens = request.args.getlist("streams")
-    if len(tokens) > int(config["TURBO_MAX_STREAMS_PER_SOCKET"]):
-        return _refuse(STATUS_BAD_STREAM, "too many streams")
-    signer = StreamSigner(config["SECRET_KEY"])
-    for token in tokens:
-        try:
-            channels.append(stream_channel(signer.unsign(token), prefix))
-        except InvalidChannelError:
-            return _refuse(STATUS_BAD_STREAM, "invalid stream signature")
-    try:
-        user_id = state.turbo.load_user_id()
-        if user_id is not None:
-            channels.append(user_channel(user_id, prefix))
-    except InvalidChannelError:
-        logger.exception("turbocast: the user loader returned an unusable id")
-        return _refuse(STATUS_NO_SESSION, "invalid user id")
-    return channels
-
-
-def _stream_endpoint() -> Response:
-    state = _state()
-    config = state.config
-    refusal = _origin_refusal(config)
-    if refusal is not None:
-        return refusal
-    sid = session.get(SESSION_KEY)
-    if not valid_session_id(sid):
-        cookie = config.get("SESSION_COOKIE_NAME", "session")
-        reason = "invalid session cookie" if cookie in request.cookies else "no session cookie"
-        return _refuse(STATUS_NO_SESSION, reason)
-    assert isinstance(sid, str)
-    channels = _channels(state, sid)
-    if isinstance(channels, Response):
-        return channels
-    with state.socket_slot(sid) as granted:
-        if not granted:
-            return _refuse(STATUS_TOO_MANY_SOCKETS, "too many sockets for this session")
-        return _serve(state, sid, channels)
-
-
-def _serve(state: TurboState, sid: str, channels: list[str]) -> Response:
-    config = state.config
-    outbox = Outbox(int(config["TURBO_OUTBOX_SIZE"]))
-    try:
-        conn = TurboConnection(
-            request.environ,
-            outbox,
-            ping_interval=float(config["TURBO_PING_INTERVAL"]),
-            send_timeout=float(config["TURBO_SEND_TIMEOUT"]),
-            max_incoming_bytes=int(config["TURBO_MAX_INCOMING_BYTES"]),
-            max_incoming_rate=int(config["TURBO_MAX_INCOMING_RATE"]),
-        )
-    except Exception as exc:  # noqa: BLE001 - wsproto rejects malformed upgrades
-        if isinstance(exc, BadRequest):
-            raise
-        return _refuse(400, f"bad WebSocket handshake ({exc.__class__.__name__})")
-    relay = state.relay()
-    sub = relay.attach(channels, outbox)
-    logger.info(
-        "turbocast: socket open",
-        extra={"turbo_session": sid[:8], "turbo_channels": len(channels)},
-    )
-    try:
-        reason = conn.serve()
-    finally:
-        relay.detach(sub)
-    closing = outbox.closing
-    refused = outbox.dropped or (closing is not None and closing.code is not None)
-    logger.log(
-        logging.WARNING if refused else logging.INFO,
-        "turbocast: socket closed: %s",
-        reason,
-        extra={"turbo_session": sid[:8], "turbo_dropped": outbox.dropped},
-    )
-    return _WebSocketResponse(conn.mode)
-
-
-class _WebSocketResponse(Response):
-    # The socket was taken over by the WebSocket: tell the server not to write an
-    # HTTP response on it. The same per-server handling as flask-sock's route.
-    def __init__(self, mode: str) -> None:
-        super().__init__()
-        self.mode = mode
-
-    def __call__(self, environ: Any, start_response: Any) -> Any:
-        if self.mode == "gunicorn":
-            raise StopIteration()
-        if self.mode == "werkzeug":
-            return super().__call__(environ, start_response)
-        if self.mode == "eventlet":  # pragma: no cover - needs eventlet
-            import eventlet.wsgi
-
-            local = getattr(eventlet.wsgi, "WSGI_LOCAL", None)
-            if local is None:
-                return eventlet.wsgi.ALREADY_HANDLED
-            local.already_handled = True
-            return []
-        return []
+def _script() -> BaseResponse:
+    # The reconnecting <turbocast-stream-source> element (transport="websocket").
+    return send_file(SCRIPT, mimetype="text/javascript", max_age=3600)

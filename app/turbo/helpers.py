@@ -1,4 +1,4 @@
-"""Request-side helpers: the session id and the ``<turbo-stream-source>`` element."""
+"""Request-side helpers: the session id and the stream source element of a page."""
 
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ from .signing import StreamSigner
 SESSION_KEY = "turbo_sid"
 #: The endpoint name of the WebSocket route.
 ENDPOINT = "turbo_stream"
+#: The endpoint name of the Server-Sent Events route.
+SSE_ENDPOINT = "turbo_stream_events"
+#: The endpoint name of the reconnecting element's script.
+SCRIPT_ENDPOINT = "turbo_script"
+#: How a page receives its streams; see :func:`turbo_stream_source`.
+TRANSPORTS = ("turbo", "websocket", "sse")
 
 _HOST_RE = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 _ATTR_RE = re.compile(r"[a-zA-Z_:][-a-zA-Z0-9_:.]*")
@@ -82,53 +88,99 @@ def normalize_origin(origin: str) -> str:
     return _origin(scheme, host.rstrip("/")) if sep else origin.strip().lower()
 
 
-def stream_url(path: str | None = None, streams: Iterable[str] = ()) -> str:
-    """Return the absolute ``ws://`` or ``wss://`` URL of the stream endpoint.
+def stream_url(
+    path: str | None = None,
+    streams: Iterable[str] = (),
+    *,
+    transport: str = "turbo",
+    positions: bool = True,
+) -> str:
+    """Return the absolute URL a page's stream source connects to.
 
-    The scheme and host come from the request; ``X-Forwarded-Proto`` and
-    ``X-Forwarded-Host`` count only when ``TURBO_TRUSTED_PROXIES`` says how many
-    proxies in front of the app set them.
+    ``ws://`` or ``wss://`` for the WebSocket transports, ``http(s)://`` for
+    Server-Sent Events. The scheme and host come from the request;
+    ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` count only when
+    ``TURBO_TRUSTED_PROXIES`` says how many proxies in front of the app set them.
 
-    :param path: the endpoint's path; by default the registered ``TURBO_WEBSOCKET_ROUTE``.
+    :param path: the endpoint's path; by default the registered route.
     :param streams: names of streams to listen to; each is signed with the app's secret.
+    :param transport: ``"turbo"``, ``"websocket"`` or ``"sse"``.
+    :param positions: carry each channel's current history position (``since=``),
+        so that what is published between this render and the connect is replayed.
     """
+    if transport not in TRANSPORTS:
+        raise TurboError(f"unknown transport {transport!r}: use one of {', '.join(TRANSPORTS)}")
     scheme, host = _scheme_host()
+    secure = scheme in ("https", "wss")
+    endpoint = SSE_ENDPOINT if transport == "sse" else ENDPOINT
     if path is None:
         # Werkzeug builds websocket rules as ws:// URLs from the raw request; keep the path.
-        path = urlsplit(url_for(ENDPOINT)).path
+        path = urlsplit(url_for(endpoint)).path
     elif not path.startswith("/"):
         raise TurboError(f"the stream path must start with '/', not {path!r}")
     else:
         path = request.script_root + path
-    ws_scheme = "wss" if scheme in ("https", "wss") else "ws"
-    url = f"{ws_scheme}://{host}{path}"
+    if transport == "sse":
+        url_scheme = "https" if secure else "http"
+    else:
+        url_scheme = "wss" if secure else "ws"
     names = [streams] if isinstance(streams, str) else list(streams)
+    query = []
     if names:
         signer = StreamSigner(current_app.secret_key or "")
-        url += "?" + urlencode([("streams", signer.sign(name)) for name in names])
-    return url
+        query += [("streams", signer.sign(name)) for name in names]
+    if positions:
+        state = current_app.extensions["turbo"]
+        channels = state.page_channels(session_id(), names)
+        query += [("since", f"{label}~{pos}") for label, pos in state.positions(channels)]
+    url = f"{url_scheme}://{host}{path}"
+    return f"{url}?{urlencode(query)}" if query else url
 
 
 def turbo_stream_source(
-    path: str | None = None, *, streams: Iterable[str] = (), **attributes: str
+    path: str | None = None,
+    *,
+    streams: Iterable[str] = (),
+    transport: str | None = None,
+    **attributes: str,
 ) -> Markup:
-    """Render ``<turbo-stream-source>`` for this session, with an absolute WebSocket URL.
+    """Render the element through which this page receives its streams.
 
     Use it in a template: ``{{ turbo_stream_source() }}``, or with named streams,
     ``{{ turbo_stream_source(streams=["board:" ~ board.id]) }}``. Rendering it also
     makes sure the session has an id, so the socket's handshake carries one.
 
-    :param path: the endpoint's path; by default ``TURBO_WEBSOCKET_ROUTE``.
+    Transports (``TURBO_TRANSPORT`` sets the default):
+
+    - ``"turbo"``: Turbo's own ``<turbo-stream-source>`` on a WebSocket. No custom
+      JavaScript; it does not reconnect.
+    - ``"websocket"``: ``<turbocast-stream-source>``, a small element served at
+      ``TURBO_SCRIPT_ROUTE`` that hands messages to Turbo, reconnects with backoff
+      and resumes from the last message it applied.
+    - ``"sse"``: Turbo's own ``<turbo-stream-source>`` on Server-Sent Events, for
+      networks that block WebSockets; ``EventSource`` reconnects and resumes by itself.
+
+    :param path: the endpoint's path; by default the registered route.
     :param streams: names of streams this page listens to, signed into the URL.
+    :param transport: ``"turbo"``, ``"websocket"`` or ``"sse"``.
     :param attributes: extra attributes (``id``, ``data_*``; ``_`` becomes ``-``).
     """
     session_id()
+    transport = transport or str(current_app.config.get("TURBO_TRANSPORT", "turbo"))
     extra = []
     for name, value in attributes.items():
         name = name.replace("_", "-")
         if not _ATTR_RE.fullmatch(name) or name == "src":
-            raise TurboError(f"bad attribute for turbo-stream-source: {name!r}")
+            raise TurboError(f"bad attribute for the stream source: {name!r}")
         extra.append(f' {name}="{escape(value)}"')
-    src = escape(stream_url(path, streams))
-    html = f'<turbo-stream-source src="{src}"{"".join(extra)}></turbo-stream-source>'
+    src = escape(stream_url(path, streams, transport=transport))
+    attrs = f'src="{src}"{"".join(extra)}'
+    if transport == "websocket":
+        script = escape(url_for(SCRIPT_ENDPOINT))
+        html = (
+            f'<script type="module" src="{script}"></script>'
+            f"<turbocast-stream-source {attrs}></turbocast-stream-source>"
+        )
+    else:
+        html = f"<turbo-stream-source {attrs}></turbo-stream-source>"
     return Markup(html)  # noqa: S704 - every interpolated value is escaped above

@@ -1,10 +1,11 @@
 """The bounded queue between the relay thread and one socket's writer.
 
-The relay puts pre-encoded frames here and never touches a socket; the socket's
-own handler thread drains the queue and is the only thread that writes to that
-socket. A client that stops reading fills its own outbox and nothing else:
-when the bound is passed the outbox drops what it holds and asks the writer to
-close the socket with :data:`CLOSE_OUTBOX_OVERFLOW`.
+The relay puts messages here (each shared by every socket it goes to, its
+frames encoded once) and never touches a socket; the socket's own handler
+thread drains the queue and is the only thread that writes to that socket.
+A client that stops reading fills its own outbox and nothing else: when the
+bound is passed the outbox drops what it holds and asks the writer to close
+the socket with :data:`CLOSE_OUTBOX_OVERFLOW`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from __future__ import annotations
 import struct
 import threading
 from collections import deque
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from .message import Message
 
 #: Close code sent when a client reads too slowly and its outbox overflows.
 CLOSE_OUTBOX_OVERFLOW = 4001
@@ -46,7 +50,7 @@ class Closing(NamedTuple):
 class Outbox:
     """A bounded, thread-safe queue of frames for one socket, drained in batches.
 
-    :param maxsize: how many data frames may wait before the socket is closed
+    :param maxsize: how many messages may wait before the socket is closed
         with :data:`CLOSE_OUTBOX_OVERFLOW`.
     """
 
@@ -56,7 +60,7 @@ class Outbox:
         if maxsize < 1:
             raise ValueError("an outbox holds at least one frame")
         self.maxsize = maxsize
-        self._items: deque[bytes] = deque()
+        self._items: deque[Message] = deque()
         # Control replies (pong, close echo) come from the socket's reader thread;
         # they are few, but they too must go out through the one writer.
         self._controls: deque[object] = deque()
@@ -65,10 +69,10 @@ class Outbox:
         #: Frames thrown away when the outbox overflowed.
         self.dropped = 0
 
-    def put(self, frame: bytes) -> bool:
-        """Queue one encoded frame; ``False`` when the outbox is closing or just overflowed.
+    def put(self, message: Message) -> bool:
+        """Queue one message; ``False`` when the outbox is closing or just overflowed.
 
-        :param frame: a complete WebSocket frame, shared read-only between sockets.
+        :param message: the message, shared read-only between sockets.
         """
         with self._cond:
             if self._closing is not None:
@@ -79,7 +83,7 @@ class Outbox:
                 self._closing = Closing(CLOSE_OUTBOX_OVERFLOW, "outbox overflow: client too slow")
                 self._cond.notify()
                 return False
-            self._items.append(frame)
+            self._items.append(message)
             if len(self._items) == 1:
                 self._cond.notify()
             return True
@@ -113,7 +117,7 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    def drain(self, timeout: float | None) -> tuple[list[object], list[bytes], Closing | None]:
+    def drain(self, timeout: float | None) -> tuple[list[object], list[Message], Closing | None]:
         """Wait up to ``timeout`` seconds for work; return everything queued at once.
 
         :param timeout: seconds to wait when nothing is queued (``None``: forever).
@@ -124,6 +128,6 @@ class Outbox:
                 self._cond.wait(timeout)
             controls: list[object] = list(self._controls)
             self._controls.clear()
-            frames: list[bytes] = list(self._items)
+            messages: list[Message] = list(self._items)
             self._items.clear()
-            return controls, frames, self._closing
+            return controls, messages, self._closing

@@ -2,7 +2,8 @@
 
 A :class:`Publisher` only writes: it never subscribes and starts no thread, so
 a Celery worker, a script or a web view use it alike, with or without a Flask
-app. Each message is one ``PUBLISH``: one Redis round trip.
+app. Each message is one Redis round trip: a script appends it to the channel's
+history (bounded by count and age) and publishes it with its id.
 """
 
 from __future__ import annotations
@@ -15,13 +16,23 @@ from markupsafe import Markup
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .channels import DEFAULT_PREFIX, broadcast_channel, channel_for, stream_channel, user_channel
+from .channels import (
+    DEFAULT_PREFIX,
+    broadcast_channel,
+    channel_for,
+    history_key,
+    stream_channel,
+    user_channel,
+)
 from .errors import MessageTooLargeError, PublishError
+from .history import History
 from .streams import render_streams
 
 logger = logging.getLogger("turbocast.publisher")
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+DEFAULT_HISTORY_MAXLEN = 1000
+DEFAULT_HISTORY_SECONDS = 3600.0
 
 
 class Publisher:
@@ -36,6 +47,10 @@ class Publisher:
     :param client: an existing ``redis.Redis`` client to publish with.
     :param prefix: the channel namespace (``TURBO_CHANNEL_PREFIX``).
     :param max_message_bytes: the largest message accepted, in bytes of UTF-8.
+    :param history_maxlen: how many messages each channel's history keeps
+        (``TURBO_HISTORY_MAXLEN``); every publisher of an app must agree on it.
+    :param history_seconds: how long a message stays in the history
+        (``TURBO_HISTORY_SECONDS``).
     """
 
     def __init__(
@@ -45,6 +60,8 @@ class Publisher:
         client: redis.Redis | None = None,
         prefix: str = DEFAULT_PREFIX,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        history_maxlen: int = DEFAULT_HISTORY_MAXLEN,
+        history_seconds: float = DEFAULT_HISTORY_SECONDS,
     ) -> None:
         if client is None:
             if not redis_url:
@@ -56,6 +73,7 @@ class Publisher:
         self.client = client
         self.prefix = prefix
         self.max_message_bytes = max_message_bytes
+        self.history = History(client, history_maxlen, history_seconds)
 
     def to_session(self, session_id: str, *streams: Any) -> int:
         """Send streams to every socket of one browser session.
@@ -119,9 +137,13 @@ class Publisher:
             )
         return payload
 
+    def _send(self, channel: str, payload: bytes) -> int:
+        _, receivers = self.history.publish(history_key(channel, self.prefix), channel, payload)
+        return receivers
+
     def _publish(self, channel: str, payload: bytes) -> int:
         try:
-            return int(self.client.publish(channel, payload))
+            return self._send(channel, payload)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # A dropped connection or a Redis restart: one more try on a fresh connection.
             logger.warning(
@@ -131,7 +153,7 @@ class Publisher:
         except redis.RedisError as exc:
             raise self._failed(channel, exc) from exc
         try:
-            return int(self.client.publish(channel, payload))
+            return self._send(channel, payload)
         except redis.RedisError as exc:
             raise self._failed(channel, exc) from exc
 

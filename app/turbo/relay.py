@@ -5,7 +5,8 @@ counted: SUBSCRIBE on the first, UNSUBSCRIBE when the last goes), encodes each
 message into a WebSocket frame once, and puts that frame into the outbox of
 every local socket the channel reaches. It never writes to a socket and never
 blocks on one. It outlives Redis restarts: on a lost connection it backs off
-(1 s doubling to 60 s, with jitter), reconnects and subscribes everything again.
+(1 s doubling to 60 s, with jitter), reconnects, subscribes everything again,
+and catches up from each channel's history on what was published meanwhile.
 
 Only the relay thread touches its pub/sub connection (redis-py's PubSub is not
 thread-safe). Handler threads change the registry under a lock and wake the
@@ -19,7 +20,9 @@ import logging
 import os
 import random
 import threading
+import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -27,11 +30,24 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .outbox import Outbox, encode_text_frame
+from .channels import history_key, label_for
+from .history import History, format_id
+from .message import REFRESH_HTML, Message
+from .outbox import Outbox
 
 logger = logging.getLogger("turbocast.relay")
 
 PubSubFactory = Callable[[], Any]
+
+# Every relay of this process, for a graceful shutdown (see :func:`close_all_sockets`).
+_RELAYS: weakref.WeakSet[Relay] = weakref.WeakSet()
+
+#: Close code sent to every socket when the web process shuts down.
+CLOSE_GOING_AWAY = 1001
+
+# Outage catch-up for channels with no message seen yet starts this long before
+# the outage began, in case the clocks of this host and Redis's disagree a little.
+_CLOCK_SLACK_MS = 2000
 
 BACKOFF_START = 1.0
 BACKOFF_CAP = 60.0
@@ -56,6 +72,8 @@ class Relay:
         connection is pinged, so a dead link is noticed.
     :param pubsub_factory: makes a fresh redis-py ``PubSub``; tests pass a fake.
     :param waker: publishes to the control channel; tests pass a fake.
+    :param history: reads channel histories for the catch-up after an outage;
+        ``None`` turns the catch-up off (tests).
     :param thread_class: the class of the relay thread.
     """
 
@@ -67,8 +85,10 @@ class Relay:
         health_check_interval: float = 15.0,
         pubsub_factory: PubSubFactory | None = None,
         waker: Callable[[str], object] | None = None,
+        history: History | None = None,
         thread_class: type[threading.Thread] = threading.Thread,
     ) -> None:
+        self.prefix = prefix
         self.control_channel = f"{prefix}:relay:{uuid.uuid4().hex}"
         self._control = self.control_channel.encode()
         if pubsub_factory is None or waker is None:
@@ -86,6 +106,11 @@ class Relay:
             )
         if waker is None:
             waker = lambda channel: client.publish(channel, b"")  # noqa: E731
+            history = history or History(client)
+            self._info: Callable[[], Any] | None = lambda: client.info("server")
+        else:
+            self._info = None
+        self._history = history
         self._pubsub_factory = pubsub_factory
         self._waker = waker
         self._thread_class = thread_class
@@ -97,6 +122,11 @@ class Relay:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._subscribed: set[bytes] = set()
+        self._labels: dict[bytes, str] = {}
+        # The id of the last message delivered on each channel: where to catch up from.
+        self._last: dict[bytes, tuple[int, int]] = {}
+        self._lost_at_ms: int | None = None
+        self._run_id: str | None = None
         #: The id of the process the relay thread runs in (a fork does not inherit it).
         self.pid: int | None = None
         #: Set while the pub/sub connection is up and subscribed to everything.
@@ -104,6 +134,7 @@ class Relay:
         #: How many messages were put into at least one outbox (for metrics and tests).
         self.delivered = 0
         self.dropped = 0
+        _RELAYS.add(self)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -169,6 +200,19 @@ class Relay:
         if changed:
             self._wake()
 
+    def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> int:
+        """Ask every socket of this relay to close (the writers send the close frame).
+
+        :param code: the close code.
+        :param reason: the close reason.
+        :returns: how many sockets were asked.
+        """
+        with self._lock:
+            outboxes = {o for group in self._registry.values() for o in group}
+        for outbox in outboxes:
+            outbox.close(code, reason)
+        return len(outboxes)
+
     def channels(self) -> set[str]:
         """The channels local sockets listen to now."""
         with self._lock:
@@ -232,6 +276,9 @@ class Relay:
                 "turbocast: relay subscribed to Redis",
                 extra={"turbo_channels": len(self._subscribed)},
             )
+            if self._lost_at_ms is not None:
+                self._catch_up(self._lost_at_ms)
+                self._lost_at_ms = None
             while not self._stop.is_set():
                 if self._dirty.is_set():
                     self._sync(pubsub)
@@ -242,11 +289,67 @@ class Relay:
                 if channel != self._control:
                     yield channel, message["data"]
         finally:
+            if self.connected.is_set() and self._lost_at_ms is None:
+                self._lost_at_ms = int(time.time() * 1000)
             self.connected.clear()
             try:
                 pubsub.close()
             except Exception:  # noqa: BLE001 - the connection is already broken
                 logger.debug("turbocast: closing pub/sub failed", exc_info=True)
+
+    def _catch_up(self, lost_at: int) -> None:
+        """After an outage: deliver what each channel's history got while the relay was away.
+
+        :param lost_at: when the connection was lost (ms since the epoch, this host's clock).
+        """
+        if self._history is None:
+            return
+        run_id = self._redis_run_id()
+        restarted = run_id is not None and self._run_id is not None and run_id != self._run_id
+        self._run_id = run_id or self._run_id
+        fallback = (max(0, lost_at - _CLOCK_SLACK_MS), 0)
+        caught_up = 0
+        for channel in list(self._registry):
+            name = channel.decode()
+            last = self._last.get(channel)
+            try:
+                entries, gap = self._history.since(
+                    history_key(name, self.prefix), format_id(last or fallback)
+                )
+            except redis.ResponseError:
+                # One bad key (say WRONGTYPE) must not hold up every other channel.
+                logger.exception(
+                    "turbocast: relay could not read a channel's history",
+                    extra={"turbo_channel": name},
+                )
+                continue
+            label = self._label(channel)
+            # A restarted Redis has lost its history: what it holds now is all there is.
+            if gap and last is not None and not restarted:
+                newest = entries[-1][0] if entries else format_id(last)
+                self._deliver(Message(channel, label, newest, REFRESH_HTML, gap=True))
+                continue
+            for message_id, html in entries:
+                self._deliver(Message(channel, label, message_id, html))
+                caught_up += 1
+        logger.info(
+            "turbocast: relay caught up after the outage",
+            extra={"turbo_messages": caught_up, "turbo_redis_restarted": restarted},
+        )
+
+    def _redis_run_id(self) -> str | None:
+        if self._info is None:
+            return None
+        try:
+            return str(self._info().get("run_id"))
+        except redis.RedisError:
+            return None
+
+    def _label(self, channel: bytes) -> str:
+        label = self._labels.get(channel)
+        if label is None:
+            label = self._labels[channel] = label_for(channel.decode(), self.prefix)
+        return label
 
     def _sync(self, pubsub: Any) -> None:
         # Make Redis's view match the registry: one SUBSCRIBE and one UNSUBSCRIBE at most.
@@ -257,16 +360,36 @@ class Relay:
         if new:
             pubsub.subscribe(*new)
             self._subscribed |= new
+            if self._run_id is None:
+                self._run_id = self._redis_run_id()
         if gone:
             pubsub.unsubscribe(*gone)
             self._subscribed -= gone
+            for channel in gone:
+                self._last.pop(channel, None)
+                self._labels.pop(channel, None)
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
-        outboxes = self._registry.get(channel)
+        if channel in self._registry:
+            self._deliver(Message.from_payload(channel, self._label(channel), data))
+
+    def _deliver(self, message: Message) -> None:
+        outboxes = self._registry.get(message.channel)
         if not outboxes:
             return  # a socket left between UNSUBSCRIBE and this message
-        frame = encode_text_frame(data)
+        if message.key is not None:
+            self._last[message.channel] = message.key
         for outbox in outboxes:
-            if not outbox.put(frame):
+            if not outbox.put(message):
                 self.dropped += 1
         self.delivered += 1
+
+
+def close_all_sockets(code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> int:
+    """Close every socket of every relay in this process: a web process going away.
+
+    :param code: the close code (1001, "going away", tells clients to reconnect elsewhere).
+    :param reason: the close reason.
+    :returns: how many sockets were asked to close.
+    """
+    return sum(relay.close_all(code, reason) for relay in list(_RELAYS))

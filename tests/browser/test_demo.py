@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import unquote
 
 from playwright.sync_api import BrowserContext, Page, WebSocket
 
@@ -76,10 +77,10 @@ class Tab:
 
 def test_stream_source_opens_its_socket_at_the_rendered_url(context, stack, redis_client):
     tab = Tab(context, stack.base_url).open()
-    src = tab.page.get_attribute("turbo-stream-source", "src")
-    assert src == f"ws://127.0.0.1:{stack.port}/turbo-stream"
+    src = tab.page.get_attribute("turbocast-stream-source", "src")
+    assert src.startswith(f"ws://127.0.0.1:{stack.port}/turbo-stream?since=s~")
     tab.connected()
-    assert [ws.url for ws in tab.live_sockets()] == [src]
+    assert [unquote(ws.url) for ws in tab.live_sockets()] == [unquote(src)]
     # The socket is subscribed under this browser's own session.
     wait_for(lambda: numsub(redis_client, channel_for(tab.session_id())) == 1)
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from app.turbo import Publisher
 from tests.support import WebServer
 
 
@@ -20,10 +19,3 @@ def web(redis_url: str, log_dir: Path) -> Iterator[WebServer]:
     ).start(log_dir)
     yield server
     server.stop()
-
-
-@pytest.fixture
-def publisher(redis_url: str) -> Iterator[Publisher]:
-    pub = Publisher(redis_url)
-    yield pub
-    pub.close()

@@ -54,7 +54,7 @@ def _page_answers(port: int) -> bool:
     try:
         conn.request("GET", "/")
         response = conn.getresponse()
-        return response.status == 200 and b"turbo-stream-source" in response.read()
+        return response.status == 200 and b"-stream-source src=" in response.read()
     except OSError:
         return False
     finally:

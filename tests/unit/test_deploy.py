@@ -46,7 +46,9 @@ def test_compose_runs_the_procfile_commands():
     services = _compose()["services"]
     processes = _procfile()
     assert services["worker"]["command"] == processes["worker"]
-    assert services["web"]["command"].startswith("gunicorn --bind :8000 --workers 2 --threads 100")
+    web = services["web"]["command"]
+    assert web.startswith("gunicorn -c python:app.turbo.gunicorn_hooks --bind :8000")
+    assert "--threads 100" in web
     assert services["beat"]["command"].startswith("celery -A workers.celery beat")
 
 

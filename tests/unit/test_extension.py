@@ -15,7 +15,13 @@ from app.turbo.extension import DEFAULTS, TurboState
 from app.turbo.helpers import SESSION_KEY
 from app.turbo.publisher import Publisher
 
-CONFIG = {"SECRET_KEY": "x", "REDIS_URL": "redis://127.0.0.1:1/0", "TESTING": True}
+# The demo's config picks its own default transport: these tests name theirs.
+CONFIG = {
+    "SECRET_KEY": "x",
+    "REDIS_URL": "redis://127.0.0.1:1/0",
+    "TESTING": True,
+    "TURBO_TRANSPORT": "turbo",
+}
 
 
 @pytest.fixture
@@ -108,6 +114,67 @@ def test_stream_endpoint_follows_turbo_websocket_route():
     assert client.get("/turbo-stream").status_code == 404
 
 
+def test_script_route_serves_the_reconnecting_element_as_javascript(app):
+    client = app.test_client()
+
+    response = client.get("/turbocast.js")
+
+    assert response.status_code == 200
+    assert response.mimetype == "text/javascript"
+    assert b"turbocast-stream-source" in response.data
+    assert client.get_cookie("session") is None  # no session for the script itself
+    response.close()
+
+
+def test_script_route_follows_turbo_script_route():
+    app = create_app({**CONFIG, "TURBO_SCRIPT_ROUTE": "/assets/push.js"})
+    client = app.test_client()
+
+    response = client.get("/assets/push.js")
+
+    assert response.status_code == 200
+    response.close()
+    assert client.get("/turbocast.js").status_code == 404
+
+
+def test_sse_endpoint_without_a_session_cookie_is_refused_with_403(app):
+    client = app.test_client()
+
+    response = client.get("/turbo-stream/events")
+
+    assert response.status_code == 403
+    assert b"no session cookie" in response.data
+    assert client.get_cookie("session") is None
+
+
+@pytest.mark.parametrize("since", ["s~abc", "s1700-0", "s~1-0;drop"])
+def test_sse_endpoint_with_a_malformed_since_is_refused_with_400(app, since):
+    client = app.test_client()
+    client.get("/")  # the session cookie
+
+    response = client.get("/turbo-stream/events", query_string={"since": since})
+
+    assert response.status_code == 400
+    assert b"invalid since position" in response.data
+
+
+def test_sse_endpoint_with_a_malformed_last_event_id_is_refused_with_400(app):
+    client = app.test_client()
+    client.get("/")
+
+    response = client.get("/turbo-stream/events", headers={"Last-Event-ID": "s~1-0,b~oops"})
+
+    assert response.status_code == 400
+
+
+def test_sse_endpoint_follows_turbo_sse_route():
+    app = create_app({**CONFIG, "TURBO_SSE_ROUTE": "/push/events"})
+    client = app.test_client()
+
+    assert client.get("/push/events").status_code == 403  # there, and wants a session
+    assert client.get("/turbo-stream/events").status_code == 404
+
+
 def test_creating_the_app_and_serving_pages_starts_no_relay(app):
     before = relay_threads()
     client = app.test_client()
@@ -144,6 +211,19 @@ def test_template_context_offers_turbo_stream_source(app):
         )
 
     assert rendered == '<turbo-stream-source src="ws://localhost/s"></turbo-stream-source>'
+
+
+def test_template_context_offers_turbo_stream_url(app):
+    with app.test_request_context("/"):
+        rendered = app.jinja_env.from_string("{{ turbo_stream_url(transport='sse') }}").render(
+            **_context(app)
+        )
+
+    assert rendered == "http://localhost/turbo-stream/events"
+
+
+def test_the_library_default_transport_is_turbos_own_element():
+    assert DEFAULTS["TURBO_TRANSPORT"] == "turbo"
 
 
 def _context(app: Flask) -> dict:
@@ -209,3 +289,11 @@ def test_app_turbo_attribute_is_the_turbo_subpackage():
     import app as app_package
 
     assert app_package.turbo is sys.modules["app.turbo"]
+
+
+def test_a_page_renders_without_any_redis_configured(caplog):
+    app = create_app({"SECRET_KEY": "x", "REDIS_URL": None, "TESTING": True})
+    response = app.test_client().get("/")
+    assert response.status_code == 200
+    assert b"-stream-source src=" in response.data
+    assert "no stream positions for the page" in caplog.text

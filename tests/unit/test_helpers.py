@@ -1,6 +1,13 @@
-"""app.turbo.helpers: the session id and the ``<turbo-stream-source>`` element."""
+"""app.turbo.helpers: the session id, the stream URL and the stream source element.
+
+``REDIS_URL`` points at a port nothing listens on: the stream positions read from
+Redis are then left out (with a warning), unless a test gives the app a fake history.
+"""
 
 from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from flask import session
@@ -10,8 +17,17 @@ from app import create_app
 from app.turbo.channels import valid_session_id
 from app.turbo.errors import TurboError
 from app.turbo.helpers import SESSION_KEY, session_id, stream_url, turbo_stream_source
+from app.turbo.publisher import Publisher
+from app.turbo.signing import StreamSigner
+from tests.unit.fake_streams import FakeStreamsRedis
 
-CONFIG = {"SECRET_KEY": "x", "REDIS_URL": "redis://127.0.0.1:1/0", "TESTING": True}
+# The demo's config picks its own default transport: these tests name theirs.
+CONFIG = {
+    "SECRET_KEY": "x",
+    "REDIS_URL": "redis://127.0.0.1:1/0",
+    "TESTING": True,
+    "TURBO_TRANSPORT": "turbo",
+}
 
 
 @pytest.fixture
@@ -233,3 +249,203 @@ def test_hostile_forwarded_host_is_refused(proxied_app, host):
 def test_well_formed_hosts_are_accepted(proxied_app, host):
     with proxied_app.test_request_context("/", headers={"X-Forwarded-Host": host}):
         assert stream_url("/s") == f"ws://{host}/s"
+
+
+# -- transports ----------------------------------------------------------------------------
+
+
+def test_turbo_transport_renders_turbos_own_element_on_a_websocket_url(app):
+    with app.test_request_context("/"):
+        html = turbo_stream_source(transport="turbo")
+
+    assert html == source("ws://localhost/turbo-stream")
+
+
+def test_websocket_transport_renders_the_script_and_the_reconnecting_element(app):
+    with app.test_request_context("/"):
+        html = turbo_stream_source(transport="websocket")
+
+    assert html == (
+        '<script type="module" src="/turbocast.js"></script>'
+        '<turbocast-stream-source src="ws://localhost/turbo-stream"></turbocast-stream-source>'
+    )
+    assert isinstance(html, Markup)
+
+
+def test_websocket_transport_uses_wss_for_https(app):
+    with app.test_request_context("/", base_url="https://example.com"):
+        html = turbo_stream_source(transport="websocket")
+
+    assert 'src="wss://example.com/turbo-stream"' in html
+
+
+def test_websocket_transport_keeps_extra_attributes_on_the_element(app):
+    with app.test_request_context("/"):
+        html = turbo_stream_source(transport="websocket", id="live")
+
+    assert '<turbocast-stream-source src="ws://localhost/turbo-stream" id="live">' in html
+
+
+def test_websocket_transport_script_follows_turbo_script_route_and_the_script_root():
+    app = create_app({**CONFIG, "TURBO_SCRIPT_ROUTE": "/static/push.js"})
+    with app.test_request_context("/", base_url="http://localhost/mounted"):
+        html = turbo_stream_source(transport="websocket")
+
+    assert '<script type="module" src="/mounted/static/push.js"></script>' in html
+
+
+def test_sse_transport_renders_turbos_element_on_the_http_events_url(app):
+    with app.test_request_context("/"):
+        html = turbo_stream_source(transport="sse")
+
+    assert html == source("http://localhost/turbo-stream/events")
+
+
+def test_sse_transport_uses_https_for_https(app):
+    with app.test_request_context("/", base_url="https://example.com"):
+        assert stream_url(transport="sse") == "https://example.com/turbo-stream/events"
+
+
+def test_sse_transport_uses_https_behind_a_trusted_https_proxy(proxied_app):
+    with proxied_app.test_request_context("/", headers=FORWARDED):
+        assert stream_url(transport="sse") == "https://public.example/turbo-stream/events"
+
+
+def test_sse_url_follows_turbo_sse_route():
+    app = create_app({**CONFIG, "TURBO_SSE_ROUTE": "/push/events"})
+    with app.test_request_context("/"):
+        assert stream_url(transport="sse") == "http://localhost/push/events"
+
+
+def test_sse_transport_with_an_explicit_path_keeps_it(app):
+    with app.test_request_context("/"):
+        assert stream_url("/custom/events", transport="sse") == "http://localhost/custom/events"
+
+
+@pytest.mark.parametrize(
+    ("transport", "start"),
+    [
+        ("turbo", "<turbo-stream-source "),
+        ("websocket", "<script "),
+        ("sse", '<turbo-stream-source src="http://'),
+    ],
+)
+def test_turbo_transport_setting_picks_the_default_transport(transport, start):
+    app = create_app({**CONFIG, "TURBO_TRANSPORT": transport})
+    with app.test_request_context("/"):
+        assert turbo_stream_source().startswith(start)
+
+
+def test_an_explicit_transport_wins_over_the_setting():
+    app = create_app({**CONFIG, "TURBO_TRANSPORT": "websocket"})
+    with app.test_request_context("/"):
+        assert turbo_stream_source(transport="turbo") == source("ws://localhost/turbo-stream")
+
+
+@pytest.mark.parametrize("transport", ["carrier-pigeon", "WEBSOCKET", "ws"])
+def test_an_unknown_transport_is_refused(app, transport):
+    with app.test_request_context("/"), pytest.raises(TurboError, match="unknown transport"):
+        turbo_stream_source(transport=transport)
+
+
+def test_an_unknown_transport_is_refused_by_stream_url(app):
+    with app.test_request_context("/"), pytest.raises(TurboError, match="unknown transport"):
+        stream_url(transport="carrier-pigeon")
+
+
+def test_an_unknown_transport_setting_is_refused_when_rendering():
+    app = create_app({**CONFIG, "TURBO_TRANSPORT": "carrier-pigeon"})
+    with app.test_request_context("/"), pytest.raises(TurboError, match="unknown transport"):
+        turbo_stream_source()
+
+
+# -- stream positions (since=) -------------------------------------------------------------
+
+
+def _fake_history(app) -> FakeStreamsRedis:
+    client = FakeStreamsRedis()
+    app.extensions["turbo"]._publisher = Publisher(client=client)  # type: ignore[arg-type]
+    return client
+
+
+def _query(url: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(url).query)
+
+
+def test_stream_url_carries_the_newest_history_id_of_each_channel_of_the_page(app):
+    client = _fake_history(app)
+    client.add("turbo:history:broadcast", "1700-0", "1700-2")
+    client.add("turbo:history:stream:board:1", "1699-5")
+    with app.test_request_context("/"):
+        url = stream_url(streams=["board:1"])
+
+    query = _query(url)
+    # The session's history is empty: "0-0", so what comes before the connect is replayed.
+    assert query["since"] == ["s~0-0", "b~1700-2", "t:board:1~1699-5"]
+    assert StreamSigner(CONFIG["SECRET_KEY"]).unsign(query["streams"][0]) == "board:1"
+    assert client.round_trips == 1
+
+
+def test_stream_url_reads_the_session_history_of_this_session(app):
+    client = _fake_history(app)
+    with app.test_request_context("/"):
+        sid = session_id()
+        client.add(f"turbo:history:session:{sid}", "1800-1")
+
+        url = stream_url()
+
+    assert _query(url)["since"] == ["s~1800-1", "b~0-0"]
+
+
+def test_stream_url_carries_the_users_position_when_the_loader_names_a_user(app, monkeypatch):
+    client = _fake_history(app)
+    client.add("turbo:history:user:ann", "1900-0")
+    # The extension instance is shared by every app: patch its loader for this test only.
+    monkeypatch.setattr(app.extensions["turbo"].turbo, "_user_loader", lambda: "ann")
+    with app.test_request_context("/"):
+        url = stream_url()
+
+    assert _query(url)["since"] == ["s~0-0", "b~0-0", "u~1900-0"]
+
+
+def test_sse_url_carries_the_positions_too(app):
+    client = _fake_history(app)
+    client.add("turbo:history:broadcast", "1700-2")
+    with app.test_request_context("/"):
+        url = stream_url(transport="sse")
+
+    assert url.startswith("http://localhost/turbo-stream/events?")
+    assert _query(url)["since"] == ["s~0-0", "b~1700-2"]
+
+
+def test_stream_url_without_positions_reads_no_history(app):
+    client = _fake_history(app)
+    client.add("turbo:history:broadcast", "1700-2")
+    with app.test_request_context("/"):
+        url = stream_url(positions=False)
+
+    assert url == "ws://localhost/turbo-stream"
+    assert client.round_trips == 0
+
+
+def test_the_rendered_element_carries_the_positions_escaped(app):
+    client = _fake_history(app)
+    client.add("turbo:history:broadcast", "1700-2")
+    with app.test_request_context("/"):
+        html = turbo_stream_source(streams=["board:1"])
+
+    assert "&amp;since=b~1700-2" in html
+    assert "&since" not in html.replace("&amp;", "")
+
+
+def test_stream_url_without_a_reachable_redis_logs_a_warning_and_carries_no_positions(app, caplog):
+    with (
+        caplog.at_level(logging.WARNING, logger="turbocast"),
+        app.test_request_context("/"),
+    ):
+        url = stream_url()
+
+    assert url == "ws://localhost/turbo-stream"
+    warnings = [r for r in caplog.records if "no stream positions" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].levelno == logging.WARNING

@@ -1,4 +1,4 @@
-"""app.turbo.outbox: the frame encoder and the bounded queue between relay and writer."""
+"""app.turbo.outbox: the frame encoder and the bounded message queue between relay and writer."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ import threading
 import pytest
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
+from app.turbo.message import Message
 from app.turbo.outbox import CLOSE_OUTBOX_OVERFLOW, Closing, Outbox, encode_text_frame
 
 DEADLINE = 5.0
+
+
+def msg(html: bytes) -> Message:
+    return Message(b"turbo:broadcast", "b", None, html)
 
 
 def _decode(frame: bytes) -> list:
@@ -83,23 +88,29 @@ def test_outbox_refuses_a_size_below_one():
 
 def test_drain_returns_everything_queued_in_order_as_one_batch():
     outbox = Outbox(10)
-    for frame in (b"one", b"two", b"three"):
-        assert outbox.put(frame) is True
+    messages = [msg(b"one"), msg(b"two"), msg(b"three")]
+    for m in messages:
+        assert outbox.put(m) is True
     outbox.put_control("pong")
 
     assert len(outbox) == 3
-    assert outbox.drain(0) == (["pong"], [b"one", b"two", b"three"], None)
+    controls, drained, closing = outbox.drain(0)
+    assert controls == ["pong"]
+    assert len(drained) == 3
+    assert all(d is m for d, m in zip(drained, messages, strict=True))  # the objects, not copies
+    assert closing is None
     assert len(outbox) == 0
 
 
 def test_drain_after_a_batch_starts_empty_again():
     outbox = Outbox(10)
-    outbox.put(b"one")
+    outbox.put(msg(b"one"))
     outbox.drain(0)
+    two = msg(b"two")
 
-    outbox.put(b"two")
+    outbox.put(two)
 
-    assert outbox.drain(0) == ([], [b"two"], None)
+    assert outbox.drain(0) == ([], [two], None)
 
 
 def test_drain_timeout_with_nothing_queued_returns_empty_lists():
@@ -132,11 +143,11 @@ def test_put_control_is_accepted_after_close_so_a_close_echo_still_goes_out():
 # -- overflow ------------------------------------------------------------------------------
 
 
-def test_overflow_clears_pending_frames_and_asks_for_close_4001():
+def test_overflow_clears_pending_messages_and_asks_for_close_4001():
     outbox = Outbox(2)
-    assert outbox.put(b"a") and outbox.put(b"b")
+    assert outbox.put(msg(b"a")) and outbox.put(msg(b"b"))
 
-    assert outbox.put(b"c") is False
+    assert outbox.put(msg(b"c")) is False
 
     assert len(outbox) == 0
     assert outbox.dropped == 3  # the two waiting plus the one refused
@@ -148,18 +159,18 @@ def test_overflow_clears_pending_frames_and_asks_for_close_4001():
 
 def test_puts_after_overflow_are_refused_and_not_counted_again():
     outbox = Outbox(1)
-    outbox.put(b"a")
-    outbox.put(b"b")  # overflow
+    outbox.put(msg(b"a"))
+    outbox.put(msg(b"b"))  # overflow
 
-    assert outbox.put(b"c") is False
+    assert outbox.put(msg(b"c")) is False
     assert outbox.dropped == 2
     assert len(outbox) == 0
 
 
-def test_outbox_holds_exactly_maxsize_frames_before_overflowing():
+def test_outbox_holds_exactly_maxsize_messages_before_overflowing():
     outbox = Outbox(3)
 
-    assert [outbox.put(b"x") for _ in range(3)] == [True, True, True]
+    assert [outbox.put(msg(b"x")) for _ in range(3)] == [True, True, True]
     assert outbox.closing is None
     assert outbox.dropped == 0
 
@@ -178,8 +189,8 @@ def test_close_first_reason_wins():
 
 def test_close_after_overflow_keeps_the_overflow_reason():
     outbox = Outbox(1)
-    outbox.put(b"a")
-    outbox.put(b"b")
+    outbox.put(msg(b"a"))
+    outbox.put(msg(b"b"))
 
     outbox.close(1000, "normal")
 
@@ -195,14 +206,15 @@ def test_close_with_no_code_means_send_no_close_frame():
     assert outbox.closing == Closing(None, "peer gone")
 
 
-def test_puts_after_close_are_refused_and_frames_already_queued_are_still_drained():
+def test_puts_after_close_are_refused_and_messages_already_queued_are_still_drained():
     outbox = Outbox(10)
-    outbox.put(b"before")
+    before = msg(b"before")
+    outbox.put(before)
     outbox.close(1001, "going away")
 
-    assert outbox.put(b"after") is False
+    assert outbox.put(msg(b"after")) is False
     assert outbox.dropped == 0
-    assert outbox.drain(0) == ([], [b"before"], Closing(1001, "going away"))
+    assert outbox.drain(0) == ([], [before], Closing(1001, "going away"))
 
 
 # -- a writer thread blocked in drain(None) ------------------------------------------------
@@ -235,11 +247,12 @@ def test_writer_blocked_in_drain_wakes_on_put():
     writer = _Writer(outbox)
     assert not writer.finished.wait(0.05), "drain(None) must block while there is no work"
 
-    outbox.put(b"frame")
+    message = msg(b"frame")
+    outbox.put(message)
 
     assert writer.finished.wait(DEADLINE)
     writer.join()
-    assert writer.result == ([], [b"frame"], None)
+    assert writer.result == ([], [message], None)
 
 
 def test_writer_blocked_in_drain_wakes_on_put_control():

@@ -21,14 +21,22 @@ class FakeClient:
     def __init__(self, *outcomes: object) -> None:
         self.outcomes = list(outcomes)
         self.published: list[tuple[str, bytes]] = []
+        self.history_keys: list[str] = []
         self.closed = False
 
-    def publish(self, channel: str, payload: bytes) -> int:
-        self.published.append((channel, payload))
+    def register_script(self, script: str):
+        # The publish script: KEYS=[history key], ARGV=[payload, maxlen, max age ms, channel].
+        self.script = script
+        return self._run
+
+    def _run(self, keys: list[str], args: list[object]) -> list[object]:
+        channel, payload = str(args[3]), args[0]
+        self.published.append((channel, payload))  # type: ignore[arg-type]
+        self.history_keys.append(keys[0])
         outcome = self.outcomes.pop(0) if self.outcomes else 1
         if isinstance(outcome, BaseException):
             raise outcome
-        return outcome  # type: ignore[return-value]
+        return [b"1-0", outcome]
 
     def close(self) -> None:
         self.closed = True
@@ -246,3 +254,10 @@ def test_to_user_and_to_stream_publish_on_their_channels(publisher, client):
     publisher.to_user("ann", TurboStream.remove("x"))
     publisher.to_stream("board:1", TurboStream.remove("x"))
     assert [c for c, _ in client.published] == ["turbo:user:ann", "turbo:stream:board:1"]
+
+
+def test_each_message_goes_to_its_channel_history_in_the_same_call(publisher, client):
+    publisher.to_session("A" * 32, TurboStream.remove("x"))
+    publisher.to_all(TurboStream.remove("x"))
+    assert client.history_keys == ["turbo:history:session:" + "A" * 32, "turbo:history:broadcast"]
+    assert "XADD" in client.script and "PUBLISH" in client.script

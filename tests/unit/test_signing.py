@@ -11,7 +11,12 @@ from app.turbo import InvalidChannelError, StreamSigner, stream_channel, user_ch
 from app.turbo.extension import TurboState
 from app.turbo.helpers import normalize_origin, site_origin, stream_url
 
-CONFIG = {"SECRET_KEY": "s3cret", "REDIS_URL": "redis://127.0.0.1:1/0", "TESTING": True}
+CONFIG = {
+    "SECRET_KEY": "s3cret",
+    "REDIS_URL": "redis://127.0.0.1:1/0",
+    "TESTING": True,
+    "TURBO_TRANSPORT": "turbo",
+}
 
 
 def test_a_signed_name_round_trips():

@@ -1,0 +1,309 @@
+"""The stream endpoints: a WebSocket and Server-Sent Events, admitted and fed alike.
+
+Both admit a client the same way — origin, signed session cookie, signed stream
+names, user, the per-session cap — listen to the same channels, replay from the
+history what came after the positions the client brings, and then deliver live.
+Each refusal answers with an HTTP status and logs a line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from flask import Response, request, session
+from werkzeug.exceptions import BadRequest
+
+from .channels import history_key, label_for, valid_session_id
+from .connection import TurboConnection
+from .errors import InvalidChannelError, TurboError
+from .extension import TurboState, _state
+from .helpers import SESSION_KEY, normalize_origin, site_origin
+from .message import REFRESH_HTML, Cursor, Message
+from .outbox import Outbox
+from .signing import StreamSigner
+
+logger = logging.getLogger("turbocast")
+
+#: HTTP status of a handshake without a valid session cookie.
+STATUS_NO_SESSION = 403
+#: HTTP status of a handshake from a page of another origin.
+STATUS_BAD_ORIGIN = 403
+#: HTTP status of a handshake asking for a stream without a valid signature.
+STATUS_BAD_STREAM = 403
+#: HTTP status of a handshake with a malformed ``since`` position.
+STATUS_BAD_POSITION = 400
+#: HTTP status of a handshake past ``TURBO_MAX_SOCKETS_PER_SESSION``.
+STATUS_TOO_MANY_SOCKETS = 429
+
+_POSITION_RE = re.compile(r"([A-Za-z0-9_.:@/=+-]{1,210})~([0-9]{1,20}-[0-9]{1,20})")
+
+
+@dataclass
+class Admission:
+    """Who a client is and what it listens to, once every check passed."""
+
+    sid: str
+    channels: list[str]
+    since: dict[str, str]
+
+
+def _refuse(status: int, reason: str, **extra: Any) -> Response:
+    logger.warning(
+        "turbocast: refused WebSocket handshake: %s",
+        reason,
+        extra={"turbo_status": status, "turbo_remote_addr": request.remote_addr, **extra},
+    )
+    return Response(f"{reason}\n", status=status, mimetype="text/plain")
+
+
+def _origin_refusal(config: Any) -> Response | None:
+    # Cross-site WebSocket hijacking: a page elsewhere opening a socket with our cookie.
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return None  # not a browser: it could send any cookie it holds anyway
+    allowed = {normalize_origin(o) for o in config["TURBO_ALLOWED_ORIGINS"]}
+    if "*" in allowed:
+        return None
+    with suppress(TurboError):
+        allowed.add(site_origin())
+    if normalize_origin(origin) in allowed:
+        return None
+    return _refuse(STATUS_BAD_ORIGIN, "origin not allowed", turbo_origin=origin[:200])
+
+
+def _channels(state: TurboState, sid: str) -> list[str] | Response:
+    tokens = request.args.getlist("streams")
+    if len(tokens) > int(state.config["TURBO_MAX_STREAMS_PER_SOCKET"]):
+        return _refuse(STATUS_BAD_STREAM, "too many streams")
+    signer = StreamSigner(state.config["SECRET_KEY"])
+    try:
+        names = [signer.unsign(token) for token in tokens]
+    except InvalidChannelError:
+        return _refuse(STATUS_BAD_STREAM, "invalid stream signature")
+    try:
+        return state.page_channels(sid, names)
+    except InvalidChannelError:
+        logger.exception("turbocast: the user loader returned an unusable id")
+        return _refuse(STATUS_NO_SESSION, "invalid user id")
+
+
+def parse_positions(values: list[str]) -> dict[str, str] | None:
+    """``["s~1700-0", "b~1700-2"]`` (or one comma-separated value) as ``{label: id}``.
+
+    :param values: ``since`` query values, or a ``Last-Event-ID`` split on commas.
+    :returns: ``None`` when a value is malformed.
+    """
+    positions: dict[str, str] = {}
+    for value in values:
+        for part in value.split(","):
+            if not part:
+                continue
+            match = _POSITION_RE.fullmatch(part)
+            if match is None:
+                return None
+            positions[match.group(1)] = match.group(2)
+    return positions
+
+
+def _admit(state: TurboState, positions: list[str]) -> Admission | Response:
+    """Every check a client must pass, in order; the admission or the refusal."""
+    refusal = _origin_refusal(state.config)
+    if refusal is not None:
+        return refusal
+    sid = session.get(SESSION_KEY)
+    if not valid_session_id(sid):
+        cookie = state.config.get("SESSION_COOKIE_NAME", "session")
+        reason = "invalid session cookie" if cookie in request.cookies else "no session cookie"
+        return _refuse(STATUS_NO_SESSION, reason)
+    assert isinstance(sid, str)
+    channels = _channels(state, sid)
+    if isinstance(channels, Response):
+        return channels
+    since = parse_positions(positions)
+    if since is None:
+        return _refuse(STATUS_BAD_POSITION, "invalid since position")
+    return Admission(sid, channels, since)
+
+
+def _replay(state: TurboState, admission: Admission) -> list[Message]:
+    """What each channel's history holds after the client's position (a gap: a refresh)."""
+    prefix = state.config["TURBO_CHANNEL_PREFIX"]
+    history = state.publisher.history
+    replay: list[Message] = []
+    for channel in admission.channels:
+        label = label_for(channel, prefix)
+        position = admission.since.get(label)
+        if position is None:
+            continue
+        try:
+            entries, gap = history.since(history_key(channel, prefix), position)
+        except redis.RedisError as exc:
+            logger.warning(
+                "turbocast: no replay, Redis unreachable",
+                extra={"turbo_error": repr(exc), "turbo_label": label},
+            )
+            continue
+        raw = channel.encode()
+        if gap:
+            newest = entries[-1][0] if entries else position
+            replay.append(Message(raw, label, newest, REFRESH_HTML, gap=True))
+            logger.info(
+                "turbocast: client was away longer than the history holds; sent a refresh",
+                extra={"turbo_label": label, "turbo_since": position},
+            )
+        else:
+            replay.extend(Message(raw, label, message_id, html) for message_id, html in entries)
+    return replay
+
+
+def _log_closed(sid: str, outbox: Outbox, reason: str) -> None:
+    closing = outbox.closing
+    refused = outbox.dropped or (closing is not None and closing.code not in (None, 1001))
+    logger.log(
+        logging.WARNING if refused else logging.INFO,
+        "turbocast: socket closed: %s",
+        reason,
+        extra={"turbo_session": sid[:8], "turbo_dropped": outbox.dropped},
+    )
+
+
+# -- WebSocket ------------------------------------------------------------------------------
+
+
+def websocket_endpoint() -> Response:
+    """``TURBO_WEBSOCKET_ROUTE``: admit, replay, then relay live messages until the socket ends."""
+    state = _state()
+    admission = _admit(state, request.args.getlist("since"))
+    if isinstance(admission, Response):
+        return admission
+    with state.socket_slot(admission.sid) as granted:
+        if not granted:
+            return _refuse(STATUS_TOO_MANY_SOCKETS, "too many sockets for this session")
+        return _serve_websocket(state, admission)
+
+
+def _serve_websocket(state: TurboState, admission: Admission) -> Response:
+    config = state.config
+    outbox = Outbox(int(config["TURBO_OUTBOX_SIZE"]))
+    try:
+        conn = TurboConnection(
+            request.environ,
+            outbox,
+            ping_interval=float(config["TURBO_PING_INTERVAL"]),
+            send_timeout=float(config["TURBO_SEND_TIMEOUT"]),
+            max_incoming_bytes=int(config["TURBO_MAX_INCOMING_BYTES"]),
+            max_incoming_rate=int(config["TURBO_MAX_INCOMING_RATE"]),
+        )
+    except Exception as exc:  # noqa: BLE001 - wsproto rejects malformed upgrades
+        if isinstance(exc, BadRequest):
+            raise
+        return _refuse(400, f"bad WebSocket handshake ({exc.__class__.__name__})")
+    relay = state.relay()
+    # Attach first, then read the history: what arrives meanwhile is in both, and
+    # the socket's cursor sends it once.
+    sub = relay.attach(admission.channels, outbox)
+    logger.info(
+        "turbocast: socket open",
+        extra={"turbo_session": admission.sid[:8], "turbo_channels": len(admission.channels)},
+    )
+    try:
+        reason = conn.serve(_replay(state, admission))
+    finally:
+        relay.detach(sub)
+    _log_closed(admission.sid, outbox, reason)
+    return _WebSocketResponse(conn.mode)
+
+
+class _WebSocketResponse(Response):
+    # The socket was taken over by the WebSocket: tell the server not to write an
+    # HTTP response on it. The same per-server handling as flask-sock's route.
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        if self.mode == "gunicorn":
+            raise StopIteration()
+        if self.mode == "werkzeug":
+            return super().__call__(environ, start_response)
+        if self.mode == "eventlet":  # pragma: no cover - needs eventlet
+            import eventlet.wsgi
+
+            local = getattr(eventlet.wsgi, "WSGI_LOCAL", None)
+            if local is None:
+                return eventlet.wsgi.ALREADY_HANDLED
+            local.already_handled = True
+            return []
+        return []
+
+
+# -- Server-Sent Events ---------------------------------------------------------------------
+
+
+def sse_endpoint() -> Response:
+    """``TURBO_SSE_ROUTE``: the same stream as Server-Sent Events, for networks without WebSockets.
+
+    ``EventSource`` reconnects by itself and sends the last event's id back as
+    ``Last-Event-ID``; every event's id is the client's position in all its channels.
+    """
+    state = _state()
+    last_event_id = request.headers.get("Last-Event-ID")
+    positions = [last_event_id] if last_event_id else request.args.getlist("since")
+    admission = _admit(state, positions)
+    if isinstance(admission, Response):
+        return admission
+    with state.socket_slot(admission.sid) as granted:
+        if not granted:
+            return _refuse(STATUS_TOO_MANY_SOCKETS, "too many sockets for this session")
+    outbox = Outbox(int(state.config["TURBO_OUTBOX_SIZE"]))
+    response = Response(
+        _sse_events(state, admission, outbox),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+    return response
+
+
+def _sse_events(state: TurboState, admission: Admission, outbox: Outbox) -> Iterator[str]:
+    interval = float(state.config["TURBO_PING_INTERVAL"]) or 25.0
+    with state.socket_slot(admission.sid) as granted:
+        if not granted:
+            yield "retry: 5000\n\n"
+            return
+        relay = state.relay()
+        sub = relay.attach(admission.channels, outbox)
+        cursor = Cursor()
+        positions = dict(admission.since)
+        reason = "client went away"
+        try:
+            yield "retry: 1000\n\n"
+            batch = _replay(state, admission)
+            while True:
+                events = [_sse_event(m, positions) for m in batch if cursor.admit(m)]
+                if events:
+                    yield "".join(events)
+                _, batch, closing = outbox.drain(interval)
+                if closing is not None:
+                    reason = closing.reason
+                    return
+                if not batch:
+                    yield ": ping\n\n"  # finds dead peers; keeps proxies from timing out
+        finally:
+            relay.detach(sub)
+            _log_closed(admission.sid, outbox, reason)
+
+
+def _sse_event(message: Message, positions: dict[str, str]) -> str:
+    if message.id is not None:
+        positions[message.label] = message.id
+    event_id = ",".join(f"{label}~{pos}" for label, pos in positions.items())
+    # EventSource ends a line at CR, LF or CRLF; HTML parsing turns CRs into LFs anyway.
+    text = message.html.decode().replace("\r\n", "\n").replace("\r", "\n")
+    data = "".join(f"data: {line}\n" for line in text.split("\n"))
+    return f"id: {event_id}\n{data}\n"

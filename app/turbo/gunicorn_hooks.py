@@ -1,0 +1,44 @@
+"""Gunicorn hooks for a graceful shutdown: ``gunicorn -c python:app.turbo.gunicorn_hooks ...``.
+
+When gunicorn tells a worker to stop (SIGTERM: a deploy, a scale-down, Ctrl-C
+under a process manager), the worker stops accepting and waits up to
+``--graceful-timeout`` for its requests to finish. A WebSocket never finishes by
+itself, so turbocast closes every socket of the worker at once with 1001
+("going away"): reconnecting clients (``transport="websocket"``, Server-Sent
+Events) come straight back, to another worker or the restarted one, and resume
+where they were.
+
+Keep your own gunicorn settings in your own config module and import the hook
+there: ``from app.turbo.gunicorn_hooks import post_worker_init``.
+"""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+from typing import Any
+
+from .relay import close_all_sockets
+
+
+def install_graceful_shutdown() -> None:
+    """Close every socket of this process with 1001 when SIGTERM arrives, then go on as before.
+
+    Call it from the process's main thread once the server installed its own handler.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        # Only flags and wake-ups here: no logging or I/O inside a signal handler.
+        close_all_sockets()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def post_worker_init(worker: Any) -> None:
+    """Gunicorn's hook, run in each worker after it installed its signal handlers."""
+    install_graceful_shutdown()

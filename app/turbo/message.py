@@ -1,0 +1,114 @@
+"""One message on its way to sockets, and each socket's position in every channel.
+
+The relay makes one :class:`Message` per message Redis delivers; every socket
+it goes to shares it, and its frames are encoded once, on first use. A
+:class:`Cursor` remembers, for one socket, the id of the last message it got on
+each channel, so that history replay, the relay's catch-up after an outage and
+live delivery can overlap without anything arriving twice.
+
+Two wire formats, chosen per socket at the handshake:
+
+- plain: the frame is the HTML itself, as Turbo's own ``<turbo-stream-source>`` expects;
+- tagged (WebSocket subprotocol ``turbocast.v1``): a first line ``m <label> <id>``
+  (or ``g <label> <id>`` for a gap: the history no longer holds what the client
+  missed), a newline, then the HTML. The client keeps the last id per label and
+  sends it back as ``since=<label>~<id>`` when it reconnects.
+"""
+
+from __future__ import annotations
+
+from .history import parse_id
+from .outbox import encode_text_frame
+
+#: The WebSocket subprotocol of the tagged format.
+SUBPROTOCOL = "turbocast.v1"
+
+#: The stream a gap is answered with: Turbo fetches and renders the page again.
+REFRESH_HTML = b'<turbo-stream action="refresh"></turbo-stream>'
+
+
+class Message:
+    """A message for the sockets of one channel.
+
+    :param channel: the pub/sub channel it came on.
+    :param label: the channel's short name for clients (``s``, ``b``, ``u``, ``t:<name>``).
+    :param message_id: its history id (``"<ms>-<seq>"``), or ``None`` if it has none.
+    :param html: the Turbo Stream HTML, UTF-8.
+    :param gap: whether this message stands for messages that can no longer be replayed.
+    """
+
+    __slots__ = ("channel", "label", "id", "key", "html", "gap", "_plain", "_tagged")
+
+    def __init__(
+        self,
+        channel: bytes,
+        label: str,
+        message_id: str | None,
+        html: bytes,
+        *,
+        gap: bool = False,
+    ) -> None:
+        self.channel = channel
+        self.label = label
+        self.id = message_id
+        self.key: tuple[int, int] | None = parse_id(message_id) if message_id else None
+        self.html = html
+        self.gap = gap
+        self._plain: bytes | None = None
+        self._tagged: bytes | None = None
+
+    @classmethod
+    def from_payload(cls, channel: bytes, label: str, payload: bytes) -> Message:
+        """Split what the publisher sent (``b"<id> <html>"``) into a message.
+
+        :param channel: the pub/sub channel.
+        :param label: the channel's label.
+        :param payload: the pub/sub payload.
+        """
+        head, sep, html = payload.partition(b" ")
+        if sep and head[:1].isdigit():
+            try:
+                return cls(channel, label, head.decode("ascii"), html)
+            except (ValueError, UnicodeDecodeError):
+                pass
+        # Published by something other than turbocast's Publisher: no id, no history.
+        return cls(channel, label, None, payload)
+
+    @property
+    def plain_frame(self) -> bytes:
+        """The WebSocket frame of the bare HTML."""
+        if self._plain is None:
+            self._plain = encode_text_frame(self.html)
+        return self._plain
+
+    @property
+    def tagged_frame(self) -> bytes:
+        """The WebSocket frame in the ``turbocast.v1`` format."""
+        if self._tagged is None:
+            kind = b"g " if self.gap else b"m "
+            head = kind + self.label.encode() + b" " + (self.id or "-").encode() + b"\n"
+            self._tagged = encode_text_frame(head + self.html)
+        return self._tagged
+
+
+class Cursor:
+    """One socket's position in each of its channels: the last message id it was sent."""
+
+    __slots__ = ("marks",)
+
+    def __init__(self) -> None:
+        self.marks: dict[bytes, tuple[int, int]] = {}
+
+    def admit(self, message: Message) -> bool:
+        """Whether the socket should get ``message`` (it is newer than what it has); advance.
+
+        :param message: the candidate.
+        """
+        key = message.key
+        if key is None:
+            return True
+        mark = self.marks.get(message.channel)
+        if mark is not None and key <= mark:
+            return False
+        self.marks[message.channel] = key
+        return True

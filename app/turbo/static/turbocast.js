@@ -1,0 +1,112 @@
+// <turbocast-stream-source>: Turbo's <turbo-stream-source>, plus reconnecting and resuming.
+//
+// Rendered by turbo_stream_source(transport="websocket"). It opens a WebSocket
+// with the subprotocol "turbocast.v1"; every message then starts with a line
+// "m <label> <id>" (or "g <label> <id>": the server's history no longer holds
+// what this page missed). The element remembers the last id of each label and,
+// when the socket drops, reconnects with backoff (at once after a server's
+// "going away", 1001), sending those positions back as ?since=<label>~<id>, so
+// the server replays exactly what the page has not applied yet.
+//
+// The HTML itself is handed to Turbo, which applies it: the element is a stream
+// source registered with Turbo.connectStreamSource, dispatching "message" events.
+//
+// Events, dispatched on the element and bubbling:
+//   turbocast:connect      the socket is open
+//   turbocast:disconnect   the socket closed; detail: {code, reason, retryIn}
+//   turbocast:gap          messages were lost for good; detail: {label}. Unless a
+//                          listener calls preventDefault(), the page is refreshed
+//                          (the server sends a <turbo-stream action="refresh">).
+
+const PROTOCOL = "turbocast.v1";
+const MIN_DELAY = 500;
+const MAX_DELAY = 30000;
+
+function backoff(attempt) {
+  const ceiling = Math.min(MAX_DELAY, MIN_DELAY * 2 ** attempt);
+  return Math.round(ceiling * (0.5 + Math.random() / 2));
+}
+
+class TurbocastStreamSource extends HTMLElement {
+  connectedCallback() {
+    this.closing = false;
+    this.attempt = 0;
+    this.positions = new Map();
+    for (const value of new URL(this.src).searchParams.getAll("since")) {
+      const [label, id] = value.split("~");
+      if (label && id) this.positions.set(label, id);
+    }
+    this.whenTurbo(() => {
+      if (this.closing) return;
+      window.Turbo.connectStreamSource(this);
+      this.open();
+    });
+  }
+
+  disconnectedCallback() {
+    this.closing = true;
+    clearTimeout(this.timer);
+    if (this.socket) this.socket.close(1000);
+    if (window.Turbo) window.Turbo.disconnectStreamSource(this);
+  }
+
+  get src() {
+    return this.getAttribute("src");
+  }
+
+  get connected() {
+    return this.socket?.readyState === WebSocket.OPEN;
+  }
+
+  whenTurbo(callback) {
+    if (window.Turbo) callback();
+    else document.addEventListener("turbo:load", callback, { once: true });
+  }
+
+  url() {
+    const url = new URL(this.src);
+    url.searchParams.delete("since");
+    for (const [label, id] of this.positions) url.searchParams.append("since", `${label}~${id}`);
+    return url.toString();
+  }
+
+  open() {
+    const socket = new WebSocket(this.url(), PROTOCOL);
+    this.socket = socket;
+    socket.addEventListener("open", () => {
+      this.attempt = 0;
+      this.setAttribute("connected", "");
+      this.emit("turbocast:connect", {});
+    });
+    socket.addEventListener("message", (event) => this.receive(event.data));
+    socket.addEventListener("close", (event) => {
+      if (this.socket !== socket) return;
+      this.removeAttribute("connected");
+      if (this.closing) return;
+      const retryIn = event.code === 1001 ? 0 : backoff(this.attempt++);
+      this.emit("turbocast:disconnect", { code: event.code, reason: event.reason, retryIn });
+      this.timer = setTimeout(() => this.open(), retryIn);
+    });
+  }
+
+  receive(data) {
+    if (typeof data !== "string") return;
+    const newline = data.indexOf("\n");
+    const [kind, label, id] = data.slice(0, newline).split(" ");
+    const html = data.slice(newline + 1);
+    if (kind === "g" && !this.emit("turbocast:gap", { label }, true)) {
+      if (id && id !== "-") this.positions.set(label, id);
+      return;
+    }
+    if (id && id !== "-") this.positions.set(label, id);
+    this.dispatchEvent(new MessageEvent("message", { data: html }));
+  }
+
+  emit(name, detail, cancelable = false) {
+    return this.dispatchEvent(new CustomEvent(name, { detail, bubbles: true, cancelable }));
+  }
+}
+
+if (!customElements.get("turbocast-stream-source")) {
+  customElements.define("turbocast-stream-source", TurbocastStreamSource);
+}

@@ -1,0 +1,141 @@
+"""app.turbo.message: one message's two wire formats, and a socket's cursor."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.turbo.message import REFRESH_HTML, SUBPROTOCOL, Cursor, Message
+from app.turbo.outbox import encode_text_frame
+
+NEWS = b"turbo:broadcast"
+CHAT = b"turbo:session:abcdefghijklmnop"
+HTML = b'<turbo-stream action="remove" target="x"></turbo-stream>'
+
+
+def message(channel: bytes = NEWS, message_id: str | None = "1700-0", label: str = "b") -> Message:
+    return Message(channel, label, message_id, HTML)
+
+
+# -- from_payload --------------------------------------------------------------------------
+
+
+def test_from_payload_splits_the_id_from_the_html():
+    m = Message.from_payload(NEWS, "b", b"1700000000000-3 " + HTML)
+
+    assert m.id == "1700000000000-3"
+    assert m.key == (1700000000000, 3)
+    assert m.html == HTML
+    assert (m.channel, m.label, m.gap) == (NEWS, "b", False)
+
+
+def test_from_payload_keeps_spaces_inside_the_html():
+    m = Message.from_payload(NEWS, "b", b"1-0 <p>a b  c</p>")
+
+    assert m.html == b"<p>a b  c</p>"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        HTML,
+        b'<turbo-stream action="append" target="a b"></turbo-stream>',
+        b"x-1 <p>not an id</p>",
+        b"12-ab <p>not an id</p>",
+        b"1700-0",  # an id-looking text with nothing after it
+        b"",
+    ],
+)
+def test_from_payload_without_an_id_keeps_the_whole_payload_as_html(payload):
+    m = Message.from_payload(NEWS, "b", payload)
+
+    assert m.id is None
+    assert m.key is None
+    assert m.html == payload
+
+
+# -- frames --------------------------------------------------------------------------------
+
+
+def test_plain_frame_is_the_bare_html():
+    assert message().plain_frame == encode_text_frame(HTML)
+
+
+def test_tagged_frame_starts_with_a_line_of_kind_label_and_id():
+    m = Message(CHAT, "s", "1700-2", HTML)
+
+    assert m.tagged_frame == encode_text_frame(b"m s 1700-2\n" + HTML)
+
+
+def test_tagged_frame_of_a_gap_starts_with_g():
+    m = Message(NEWS, "b", "1700-9", REFRESH_HTML, gap=True)
+
+    assert m.tagged_frame == encode_text_frame(b"g b 1700-9\n" + REFRESH_HTML)
+
+
+def test_tagged_frame_without_an_id_says_dash():
+    m = Message(NEWS, "t:board:1", None, HTML)
+
+    assert m.tagged_frame == encode_text_frame(b"m t:board:1 -\n" + HTML)
+
+
+def test_frames_are_encoded_once_and_the_same_bytes_object_is_returned_again():
+    m = message()
+
+    assert m.plain_frame is m.plain_frame
+    assert m.tagged_frame is m.tagged_frame
+    assert m.plain_frame != m.tagged_frame
+
+
+def test_refresh_html_is_a_turbo_refresh_stream():
+    assert REFRESH_HTML == b'<turbo-stream action="refresh"></turbo-stream>'
+    assert SUBPROTOCOL == "turbocast.v1"
+
+
+# -- Cursor --------------------------------------------------------------------------------
+
+
+def test_cursor_admits_the_first_message_of_a_channel():
+    assert Cursor().admit(message(message_id="1700-0")) is True
+
+
+def test_cursor_refuses_the_same_id_twice():
+    cursor = Cursor()
+    cursor.admit(message(message_id="1700-3"))
+
+    assert cursor.admit(message(message_id="1700-3")) is False
+
+
+def test_cursor_refuses_an_older_id_and_keeps_its_mark():
+    cursor = Cursor()
+    cursor.admit(message(message_id="1700-10"))
+
+    assert cursor.admit(message(message_id="1700-2")) is False
+    assert cursor.admit(message(message_id="1699-99")) is False
+    assert cursor.marks[NEWS] == (1700, 10)
+
+
+def test_cursor_admits_a_newer_id_and_advances():
+    cursor = Cursor()
+    cursor.admit(message(message_id="1700-2"))
+
+    assert cursor.admit(message(message_id="1700-10")) is True
+    assert cursor.admit(message(message_id="1701-0")) is True
+    assert cursor.marks[NEWS] == (1701, 0)
+
+
+def test_cursor_keeps_each_channel_apart():
+    cursor = Cursor()
+    cursor.admit(message(NEWS, "1700-5"))
+
+    assert cursor.admit(message(CHAT, "1700-1", label="s")) is True
+    assert cursor.admit(message(NEWS, "1700-4")) is False
+    assert cursor.admit(message(CHAT, "1700-1", label="s")) is False
+
+
+def test_cursor_always_admits_messages_without_an_id_and_they_do_not_move_it():
+    cursor = Cursor()
+    cursor.admit(message(message_id="1700-5"))
+
+    assert cursor.admit(message(message_id=None)) is True
+    assert cursor.admit(message(message_id=None)) is True
+    assert cursor.marks == {NEWS: (1700, 5)}

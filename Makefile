@@ -42,6 +42,11 @@ run: install
 test: install system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+## Benchmark turbocast against Flask-SocketIO and the floor (two runs); writes bench/BENCHMARKS.md.
+bench: install
+	$(PY) -m bench.run --runs 2 $(BENCH_ARGS)
+	$(PY) -m bench.report
+
 lint: install
 	$(VENV)/bin/ruff check app workers tests bench
 	$(VENV)/bin/ruff format --check app workers tests bench

@@ -14,6 +14,8 @@ there: ``from app.turbo.gunicorn_hooks import post_worker_init``.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 from types import FrameType
 from typing import Any
@@ -39,6 +41,23 @@ def install_graceful_shutdown() -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
+def batch_scheduling() -> None:
+    """Ask Linux not to preempt the thread that wakes another (``SCHED_BATCH``).
+
+    Every message wakes its socket's writer thread. By default the kernel may
+    switch to the woken writer at once, which then blocks on the GIL that the
+    relay still holds: two wasted context switches per message, the costliest
+    part of delivery on a busy core. Under ``SCHED_BATCH`` the relay runs on until
+    it waits for Redis again, and the writers follow. Threads created afterwards
+    (gunicorn's request threads, the relay, socket readers) inherit it.
+    """
+    if os.environ.get("TURBO_SCHED_BATCH", "1") == "0" or not hasattr(os, "SCHED_BATCH"):
+        return
+    with contextlib.suppress(OSError):
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+
 def post_worker_init(worker: Any) -> None:
     """Gunicorn's hook, run in each worker after it installed its signal handlers."""
     install_graceful_shutdown()
+    batch_scheduling()

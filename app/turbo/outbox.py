@@ -10,9 +10,10 @@ the socket with :data:`CLOSE_OUTBOX_OVERFLOW`.
 
 from __future__ import annotations
 
+import queue
 import struct
 import threading
-from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -47,67 +48,98 @@ class Closing(NamedTuple):
     reason: str
 
 
+class _Control:
+    """A control event (pong, close echo) for the writer, from the socket's reader thread."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: object) -> None:
+        self.event = event
+
+
+# Put after a close or an overflow so that a writer blocked in drain() wakes up.
+_WAKE = _Control(None)
+
+
 class Outbox:
-    """A bounded, thread-safe queue of frames for one socket, drained in batches.
+    """A bounded queue of messages for one socket, drained in batches by its one writer.
+
+    Built on :class:`queue.SimpleQueue`: putting is one C call that never blocks
+    and wakes the writer only when it waits; no Python-level lock or condition
+    on the path of every message.
 
     :param maxsize: how many messages may wait before the socket is closed
         with :data:`CLOSE_OUTBOX_OVERFLOW`.
     """
 
-    __slots__ = ("maxsize", "_items", "_controls", "_cond", "_closing", "dropped")
+    __slots__ = ("maxsize", "_queue", "_closing", "_lock", "_discard", "dropped")
 
     def __init__(self, maxsize: int) -> None:
         if maxsize < 1:
-            raise ValueError("an outbox holds at least one frame")
+            raise ValueError("an outbox holds at least one message")
         self.maxsize = maxsize
-        self._items: deque[Message] = deque()
-        # Control replies (pong, close echo) come from the socket's reader thread;
-        # they are few, but they too must go out through the one writer.
-        self._controls: deque[object] = deque()
-        self._cond = threading.Condition(threading.Lock())
+        self._queue: queue.SimpleQueue[Message | _Control] = queue.SimpleQueue()
         self._closing: Closing | None = None
-        #: Frames thrown away when the outbox overflowed.
+        self._lock = threading.Lock()  # only for closing, which is rare
+        self._discard = False  # after an overflow, what still waits is thrown away
+        #: Messages thrown away because the outbox overflowed or closed.
         self.dropped = 0
 
     def put(self, message: Message) -> bool:
         """Queue one message; ``False`` when the outbox is closing or just overflowed.
 
+        Only the relay thread puts messages.
+
         :param message: the message, shared read-only between sockets.
         """
-        with self._cond:
-            if self._closing is not None:
-                return False
-            if len(self._items) >= self.maxsize:
-                self.dropped += len(self._items) + 1
-                self._items.clear()
-                self._closing = Closing(CLOSE_OUTBOX_OVERFLOW, "outbox overflow: client too slow")
-                self._cond.notify()
-                return False
-            self._items.append(message)
-            if len(self._items) == 1:
-                self._cond.notify()
+        if self._closing is not None:
+            return False
+        if self._queue.qsize() >= self.maxsize:
+            self._discard = True
+            self.dropped += 1
+            self.close(CLOSE_OUTBOX_OVERFLOW, "outbox overflow: client too slow")
+            return False
+        self._queue.put(message)
+        return True
+
+    @property
+    def raw_put(self) -> Callable[[Message], None]:
+        """The queue's own put, for the relay's fan-out (see :meth:`check_bound`)."""
+        return self._queue.put
+
+    def check_bound(self) -> bool:
+        """After a raw put: if the bound is passed, close with 4001 and say so.
+
+        The relay puts a message into every outbox of a channel with the queues'
+        own ``put`` in one C-level loop (no Python bytecode between puts, so no
+        thread gets the GIL half-way through a broadcast), then checks the bounds.
+        """
+        if self._closing is None and self._queue.qsize() > self.maxsize:
+            self._discard = True
+            self.close(CLOSE_OUTBOX_OVERFLOW, "outbox overflow: client too slow")
             return True
+        return False
 
     def put_control(self, event: object) -> None:
         """Queue a control event (a wsproto event) for the writer to encode and send.
 
         :param event: the event, e.g. the response to a client's ping.
         """
-        with self._cond:
-            self._controls.append(event)
-            self._cond.notify()
+        self._queue.put(_Control(event))
 
     def close(self, code: int | None, reason: str = "") -> None:
         """Ask the writer to close the socket; the first reason given wins.
+
+        Messages already queued are still sent first (except after an overflow).
 
         :param code: the WebSocket close code to send, or ``None`` to send no close frame
             (the peer is gone).
         :param reason: a short text for the close frame and the log.
         """
-        with self._cond:
+        with self._lock:
             if self._closing is None:
                 self._closing = Closing(code, reason)
-            self._cond.notify()
+        self._queue.put(_WAKE)
 
     @property
     def closing(self) -> Closing | None:
@@ -115,19 +147,31 @@ class Outbox:
         return self._closing
 
     def __len__(self) -> int:
-        return len(self._items)
+        """How many items wait (messages, and the rare control event or wake-up)."""
+        return self._queue.qsize()
 
     def drain(self, timeout: float | None) -> tuple[list[object], list[Message], Closing | None]:
         """Wait up to ``timeout`` seconds for work; return everything queued at once.
 
         :param timeout: seconds to wait when nothing is queued (``None``: forever).
-        :returns: ``(controls, frames, closing)``; empty lists when the wait timed out.
+        :returns: ``(controls, messages, closing)``; empty lists when the wait timed out.
+            Once the outbox is closing, no messages: only the controls still due.
         """
-        with self._cond:
-            if not self._items and not self._controls and self._closing is None:
-                self._cond.wait(timeout)
-            controls: list[object] = list(self._controls)
-            self._controls.clear()
-            messages: list[Message] = list(self._items)
-            self._items.clear()
-            return controls, messages, self._closing
+        q = self._queue
+        items: list[Message | _Control] = []
+        if q.qsize() or timeout is None or timeout > 0:
+            try:
+                items.append(q.get(timeout=timeout))
+            except queue.Empty:
+                pass
+            else:
+                # What else is there, without raising Empty at the end of every batch.
+                get = q.get_nowait
+                items.extend(get() for _ in range(q.qsize()))
+        closing = self._closing
+        messages: list[Message] = [m for m in items if type(m) is not _Control]  # type: ignore[misc]
+        controls = [m.event for m in items if type(m) is _Control and m is not _WAKE]
+        if self._discard and messages:
+            self.dropped += len(messages)
+            messages = []
+        return controls, messages, closing

@@ -17,13 +17,16 @@ subscribed within one Redis round trip rather than at the next poll.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import random
 import threading
 import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from itertools import repeat
 from typing import Any
 
 import redis
@@ -118,6 +121,8 @@ class Relay:
         # channel -> outboxes; values are replaced, never mutated, so the relay
         # thread reads them without the lock.
         self._registry: dict[bytes, frozenset[Outbox]] = {}
+        # channel -> the outboxes' raw puts, for the fan-out; replaced with the registry.
+        self._puts: dict[bytes, tuple[Callable[[Message], None], ...]] = {}
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -178,7 +183,7 @@ class Relay:
             for channel in sub.channels:
                 current = self._registry.get(channel, frozenset())
                 changed = changed or not current
-                self._registry[channel] = current | {outbox}
+                self._set(channel, current | {outbox})
         if changed:
             self._wake()
         return sub
@@ -193,12 +198,25 @@ class Relay:
             for channel in sub.channels:
                 remaining = self._registry.get(channel, frozenset()) - {sub.outbox}
                 if remaining:
-                    self._registry[channel] = remaining
+                    self._set(channel, remaining)
                 else:
                     self._registry.pop(channel, None)
+                    self._puts.pop(channel, None)
                     changed = True
         if changed:
             self._wake()
+
+    def _set(self, channel: bytes, outboxes: frozenset[Outbox]) -> None:
+        # Under the lock. Outboxes that are closing get nothing more.
+        self._registry[channel] = outboxes
+        self._puts[channel] = tuple(o.raw_put for o in outboxes if o.closing is None)
+
+    def _mute(self, outbox: Outbox) -> None:
+        # An overflowing socket's writer may be stuck in a send: stop feeding it now.
+        with self._lock:
+            for channel, outboxes in list(self._registry.items()):
+                if outbox in outboxes:
+                    self._set(channel, outboxes)
 
     def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> int:
         """Ask every socket of this relay to close (the writers send the close frame).
@@ -374,14 +392,18 @@ class Relay:
             self._deliver(Message.from_payload(channel, self._label(channel), data))
 
     def _deliver(self, message: Message) -> None:
-        outboxes = self._registry.get(message.channel)
-        if not outboxes:
+        puts = self._puts.get(message.channel)
+        if not puts:
             return  # a socket left between UNSUBSCRIBE and this message
         if message.key is not None:
             self._last[message.channel] = message.key
-        for outbox in outboxes:
-            if not outbox.put(message):
+        # One C-level loop over the queues: a broadcast to a thousand sockets is not
+        # interrupted by the threads it wakes (they wait for the GIL until it is done).
+        deque(map(operator.call, puts, repeat(message, len(puts))), maxlen=0)
+        for outbox in self._registry.get(message.channel, ()):
+            if outbox.check_bound():
                 self.dropped += 1
+                self._mute(outbox)
         self.delivered += 1
 
 

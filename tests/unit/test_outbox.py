@@ -93,7 +93,7 @@ def test_drain_returns_everything_queued_in_order_as_one_batch():
         assert outbox.put(m) is True
     outbox.put_control("pong")
 
-    assert len(outbox) == 3
+    assert len(outbox) == 4  # three messages and a control event
     controls, drained, closing = outbox.drain(0)
     assert controls == ["pong"]
     assert len(drained) == 3
@@ -149,12 +149,13 @@ def test_overflow_clears_pending_messages_and_asks_for_close_4001():
 
     assert outbox.put(msg(b"c")) is False
 
-    assert len(outbox) == 0
-    assert outbox.dropped == 3  # the two waiting plus the one refused
     assert outbox.closing is not None
     assert outbox.closing.code == CLOSE_OUTBOX_OVERFLOW == 4001
     assert "overflow" in outbox.closing.reason
+    # The writer gets none of what waited: it is thrown away, and counted, on drain.
     assert outbox.drain(0) == ([], [], outbox.closing)
+    assert outbox.dropped == 3  # the two waiting plus the one refused
+    assert len(outbox) == 0
 
 
 def test_puts_after_overflow_are_refused_and_not_counted_again():
@@ -163,6 +164,7 @@ def test_puts_after_overflow_are_refused_and_not_counted_again():
     outbox.put(msg(b"b"))  # overflow
 
     assert outbox.put(msg(b"c")) is False
+    outbox.drain(0)
     assert outbox.dropped == 2
     assert len(outbox) == 0
 

@@ -128,8 +128,15 @@ class Waker:
 class ExplodingOutbox:
     """An outbox whose put fails, to make one dispatch raise."""
 
+    closing = None
+
     def put(self, message: Message) -> bool:
         raise RuntimeError("boom")
+
+    raw_put = put
+
+    def check_bound(self) -> bool:
+        return False
 
 
 class FakeHistory:
@@ -866,3 +873,18 @@ def test_relay_can_start_again_after_stop():
         relay.stop(timeout=DEADLINE)
 
     assert len(factory.made) == 2
+
+
+def test_a_fan_out_past_an_outbox_bound_closes_it_and_stops_feeding_it():
+    relay = Relay("redis://unused", pubsub_factory=lambda: None, waker=lambda _c: None)
+    small, big = Outbox(2), Outbox(100)
+    relay.attach(["turbo:broadcast"], small)
+    relay.attach(["turbo:broadcast"], big)
+    for n in range(5):
+        relay._deliver(Message(b"turbo:broadcast", "b", f"1-{n}", b"<p></p>"))
+    assert small.closing is not None and small.closing.code == CLOSE_OUTBOX_OVERFLOW
+    assert relay.dropped == 1
+    assert len(big) == 5
+    assert len(relay._puts[b"turbo:broadcast"]) == 1  # only the healthy outbox is fed
+    _, messages, _ = small.drain(0)
+    assert messages == []  # what waited is thrown away

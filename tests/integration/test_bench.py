@@ -1,0 +1,35 @@
+"""The benchmark harness itself runs: a quick W1 against turbocast and the floor.
+
+Speed is measured by ``make bench``, never asserted here; this only keeps the
+harness working (servers start, load and publisher processes talk, nothing is lost).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.support import ROOT
+
+
+def test_the_benchmark_harness_runs_a_quick_workload_with_no_loss(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "bench.run", "--runs", "1", "--quick", "--workloads", "W1",
+         "--targets", "turbocast-threads,floor", "--out", str(tmp_path)],
+        cwd=ROOT, check=True, timeout=300, capture_output=True,
+    )  # fmt: skip
+    results = json.loads((tmp_path / "run-1.json").read_text())
+    for target in ("turbocast-threads", "floor"):
+        w1 = results["workloads"]["W1"][target]
+        assert "error" not in w1, w1
+        assert w1["loss"] == 0
+        assert w1["received"] == w1["expected"] > 0
+        assert w1["cpu_us_per_msg"] > 0
+    subprocess.run(
+        [sys.executable, "-m", "bench.report", "--results", str(tmp_path), "--out", str(tmp_path)],
+        cwd=ROOT, check=True, timeout=120, capture_output=True,
+    )  # fmt: skip
+    report = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "| W1 | turbocast-threads |" in report
+    assert (tmp_path / "w1-latency-cdf.png").stat().st_size > 1000

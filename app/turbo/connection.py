@@ -3,9 +3,10 @@
 simple-websocket (flask-sock's engine) answers pings, echoes close frames and
 sends its own heartbeat pings from its reader thread while the handler thread
 sends data: two threads writing to one socket can interleave frames. Here the
-reader thread only reads; everything it wants sent goes through the socket's
-:class:`~app.turbo.outbox.Outbox`, and the handler thread — the one writer —
-sends data, control replies and heartbeats alike.
+reading is done by the process's one reader (:mod:`app.turbo.readers`, instead
+of a thread per socket) and only reads; everything it wants sent goes through
+the socket's :class:`~app.turbo.outbox.Outbox`, and the handler thread — the
+one writer — sends data, control replies and heartbeats alike.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from wsproto.utilities import LocalProtocolError
 
 from .message import SUBPROTOCOL, Cursor, Message
 from .outbox import Outbox
+from .readers import SharedReader, readers
 
 logger = logging.getLogger("turbocast.socket")
 
@@ -58,7 +60,6 @@ class TurboConnection(Server):  # type: ignore[misc]
         stuck and the connection is dropped (``0``: no limit).
     :param max_incoming_bytes: the largest message a client may send.
     :param max_incoming_rate: how many messages a client may send per 10 seconds.
-    :param thread_class: the class used for the reader thread.
     """
 
     def __init__(
@@ -70,7 +71,6 @@ class TurboConnection(Server):  # type: ignore[misc]
         send_timeout: float = 30.0,
         max_incoming_bytes: int = 4096,
         max_incoming_rate: int = 50,
-        thread_class: type[threading.Thread] | None = None,
     ) -> None:
         self.outbox = outbox
         self.heartbeat = ping_interval
@@ -79,12 +79,14 @@ class TurboConnection(Server):  # type: ignore[misc]
         self._incoming_count = 0
         self._incoming_len = 0
         self._incoming_window = time.monotonic()
-        # ping_interval=None: the reader thread must not send pings itself.
+        self._eof = threading.Event()
+        # ping_interval=None: the reader must not send pings itself. SharedReader:
+        # no reader thread per socket; the process's one reader reads this socket.
         super().__init__(
             environ,
             ping_interval=None,
             max_message_size=None,
-            thread_class=thread_class,
+            thread_class=SharedReader,
         )
         if send_timeout and self.mode != "gevent":
             # Only sends get a deadline: SO_SNDTIMEO leaves the reader's recv alone.
@@ -94,14 +96,29 @@ class TurboConnection(Server):  # type: ignore[misc]
                 socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, micros)
             )
 
-    # -- reader thread ---------------------------------------------------------
+    # -- reading (the process's reader thread) ----------------------------------
 
-    def _thread(self) -> None:
+    def read_ready(self) -> bool:
+        """Read what the client sent; ``False`` when it has gone (EOF, reset, bad frames)."""
+        # The real socket, not gevent's wrapper, which would wait instead of raising.
+        raw: Any = getattr(self.sock, "_sock", None) or self.sock
         try:
-            super()._thread()
-        finally:
-            # The peer is gone (EOF, reset or protocol error): wake the writer.
-            self.outbox.close(None, "peer disconnected")
+            data = raw.recv(self.receive_bytes, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            data = b""
+        if data:
+            try:
+                self.ws.receive_data(data)
+                self._handle_events()
+                return True
+            except LocalProtocolError:
+                pass
+        # The peer is gone: wake the writer.
+        self._eof.set()
+        self.outbox.close(None, "peer disconnected")
+        return False
 
     def _handle_events(self) -> bool:
         for event in self.ws.events():
@@ -209,13 +226,12 @@ class TurboConnection(Server):  # type: ignore[misc]
             logger.debug("turbocast: close frame not sent", exc_info=True)
 
     def _shutdown(self) -> None:
-        # FIN after the last frame; the reader sees the peer's EOF and closes the socket.
+        # FIN after the last frame; give the peer a moment to answer with its own.
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_WR)
-        self.thread.join(timeout=2.0)
-        # A peer that never hangs up: wake the reader out of recv() for good.
+        self._eof.wait(timeout=2.0)
+        readers().remove(self)
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        self.thread.join(timeout=1.0)
         with contextlib.suppress(OSError):
             self.sock.close()

@@ -115,6 +115,8 @@ class TurboConnection(Server):  # type: ignore[misc]
                 return True
             except LocalProtocolError:
                 pass
+            except Exception:  # noqa: BLE001 - whatever it was, this socket is done
+                logger.exception("turbocast: reading a socket failed")
         # The peer is gone: wake the writer.
         self._eof.set()
         self.outbox.close(None, "peer disconnected")

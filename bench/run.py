@@ -165,7 +165,9 @@ class Load:
             pinned(LOAD_CORE, [PY, "-m", "bench.load", json.dumps(spec)]),
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
-        self.ready = self._line().startswith("READY")
+        first = self._line()
+        if not first.startswith("READY"):
+            raise RuntimeError(f"the load generator did not get ready: {first.strip()}")
 
     def _line(self) -> str:
         assert self.proc.stdout is not None
@@ -258,38 +260,32 @@ def redis_pid(redis: EmbeddedRedis) -> int:
     return redis.process.pid
 
 
-def w1(target: Target, quick: bool) -> dict[str, Any]:
-    """W1 latency: 200 sockets, each its own session, 500 targeted msgs/s for 10 s."""
-    seconds = 4 if quick else 10
-    sids = new_sids(200)
+def targeted(
+    target: Target, processes: int, sockets: int, count: int, rate: float, keep: bool = False
+) -> dict[str, Any]:
+    """Targeted pushes to sockets that are each their own session, on fresh servers."""
+    sids = new_sids(sockets)
     with EmbeddedRedis() as redis:
-        servers = Servers(target, redis.url, 1, len(sids))
+        servers = Servers(target, redis.url, processes, sockets // processes)
         try:
-            r = measured(
+            return measured(
                 target, servers, redis,
-                {"mode": "collect", "sids": sids, "expect": 500 * seconds, "timeout": seconds + 30,
-                 "keep_latencies": True},
-                {"sids": sids, "count": 500 * seconds, "rate": 500},
+                {"mode": "collect", "sids": sids, "expect": count,
+                 "timeout": count / rate + 30 if rate else 120, "keep_latencies": keep},
+                {"sids": sids, "count": count, "rate": rate},
             )  # fmt: skip
         finally:
             servers.stop()
-    return r
+
+
+def w1(target: Target, quick: bool) -> dict[str, Any]:
+    """W1 latency: 200 sockets, each its own session, 500 targeted msgs/s for 10 s."""
+    return targeted(target, 1, 200, 500 * (4 if quick else 10), 500, keep=True)
 
 
 def w2(target: Target, quick: bool) -> dict[str, Any]:
     """W2 throughput: 20,000 targeted messages as fast as the publisher can (200 sockets)."""
-    count = 5000 if quick else 20000
-    sids = new_sids(200)
-    with EmbeddedRedis() as redis:
-        servers = Servers(target, redis.url, 1, len(sids))
-        try:
-            r = measured(
-                target, servers, redis,
-                {"mode": "collect", "sids": sids, "expect": count, "timeout": 120},
-                {"sids": sids, "count": count, "rate": 0},
-            )  # fmt: skip
-        finally:
-            servers.stop()
+    r = targeted(target, 1, 200, 5000 if quick else 20000, 0)
     r["delivered_per_s"] = r["received"] / r["seconds"] if r["seconds"] else None
     return r
 
@@ -353,23 +349,10 @@ def w4(target: Target, quick: bool) -> dict[str, Any]:
 
 def w5(target: Target, quick: bool) -> dict[str, Any]:
     """W5 scale-out: 800 sockets over 4 web processes vs 1, targeted pushes: CPU per message."""
-    seconds = 4 if quick else 8
-    out = {}
-    for processes in (1, 4):
-        sids = new_sids(800)
-        with EmbeddedRedis() as redis:
-            servers = Servers(target, redis.url, processes, len(sids) // processes)
-            try:
-                out[processes] = measured(
-                    target, servers, redis,
-                    {"mode": "collect", "sids": sids, "expect": 500 * seconds,
-                     "timeout": seconds + 30},
-                    {"sids": sids, "count": 500 * seconds, "rate": 500},
-                )  # fmt: skip
-            finally:
-                servers.stop()
-    one, four = out[1]["cpu_us_per_msg"], out[4]["cpu_us_per_msg"]
-    return {"one": out[1], "four": out[4], "ratio_4_to_1": four / one if one and four else None}
+    count = 500 * (4 if quick else 8)
+    one, four = (targeted(target, processes, 800, count, 500) for processes in (1, 4))
+    a, b = one["cpu_us_per_msg"], four["cpu_us_per_msg"]
+    return {"one": one, "four": four, "ratio_4_to_1": b / a if a and b else None}
 
 
 def w6(target: Target, quick: bool) -> dict[str, Any]:

@@ -258,6 +258,8 @@ def sse_endpoint() -> Response:
     admission = _admit(state, positions)
     if isinstance(admission, Response):
         return admission
+    # Checked here to answer 429 before the 200 goes out; the stream holds its own
+    # slot for its lifetime (a generator that never starts must not leak one).
     with state.socket_slot(admission.sid) as granted:
         if not granted:
             return _refuse(STATUS_TOO_MANY_SOCKETS, "too many sockets for this session")

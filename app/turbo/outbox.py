@@ -94,13 +94,8 @@ class Outbox:
         """
         if self._closing is not None:
             return False
-        if self._queue.qsize() >= self.maxsize:
-            self._discard = True
-            self.dropped += 1
-            self.close(CLOSE_OUTBOX_OVERFLOW, "outbox overflow: client too slow")
-            return False
         self._queue.put(message)
-        return True
+        return not self.check_bound()
 
     @property
     def raw_put(self) -> Callable[[Message], None]:

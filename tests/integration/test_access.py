@@ -262,6 +262,7 @@ class Listener:
 
     def __init__(self, ws_url: str, cookie: str, sid: str, user: str, board: str) -> None:
         self.ws = connect(ws_url, cookie)
+        self.sid = sid
         self.addresses = {("session", sid), ("user", user), ("stream", board), ("all", "")}
         self.channels = [channel_for(sid), user_channel(user), stream_channel(board)]
         self.received: list[tuple[str, str, str]] = []
@@ -300,7 +301,7 @@ def test_storm_from_several_processes_delivers_everything_to_exactly_its_address
                 wait_for(lambda c=channel: numsub(redis_client, c) >= 1, what=channel)
 
         addresses = (
-            [["session", session_id_of_listener(x)] for x in listeners]
+            [["session", x.sid] for x in listeners]
             + [["user", u] for u in users]
             + [["stream", f"board:{b}"] for b in boards]
             + [["all", ""]] * 4
@@ -349,7 +350,3 @@ def test_storm_from_several_processes_delivers_everything_to_exactly_its_address
     finally:
         for listener in listeners:
             listener.ws.close()
-
-
-def session_id_of_listener(listener: Listener) -> str:
-    return next(key for kind, key in listener.addresses if kind == "session")

@@ -265,9 +265,9 @@ def test_redis_url_names_redis_url_when_unset(url):
 
 
 def test_turbo_redis_url_wins_over_redis_url():
-    app = create_app({**CONFIG, "TURBO_REDIS_URL": "redis://push.example:6379/2"})
+    app = create_app({**CONFIG, "TURBO_REDIS_URL": "redis://push.example:6390/2"})
 
-    assert app.extensions["turbo"].redis_url == "redis://push.example:6379/2"
+    assert app.extensions["turbo"].redis_url == "redis://push.example:6390/2"
 
 
 def test_redis_url_is_the_fallback():

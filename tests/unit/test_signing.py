@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from app import create_app
-from app.turbo import InvalidChannelError, StreamSigner, stream_channel, user_channel
+from app.turbo import InvalidChannelError, StreamSigner, Turbo, stream_channel, user_channel
 from app.turbo.extension import TurboState
 from app.turbo.helpers import normalize_origin, site_origin, stream_url
 
@@ -113,7 +113,11 @@ def test_socket_slots_are_capped_per_session_and_released():
 
 
 def test_the_user_loader_decorator_registers_and_returns_the_function():
-    app = create_app(CONFIG)
-    turbo = app.extensions["turbo"].turbo
-    with app.test_request_context("/"):
-        assert turbo.load_user_id() is None  # the demo's loader: nobody signed in
+    turbo = Turbo()
+    assert turbo.load_user_id() is None  # no loader: nobody
+
+    def loader() -> str:
+        return "ann"
+
+    assert turbo.user_loader(loader) is loader
+    assert turbo.load_user_id() == "ann"

@@ -8,10 +8,11 @@ blocks on one. It outlives Redis restarts: on a lost connection it backs off
 (1 s doubling to 60 s, with jitter), reconnects, subscribes everything again,
 and catches up from each channel's history on what was published meanwhile.
 
-Only the relay thread touches its pub/sub connection (redis-py's PubSub is not
-thread-safe). Handler threads change the registry under a lock and wake the
-relay by publishing to the relay's own control channel, so a new socket is
-subscribed within one Redis round trip rather than at the next poll.
+Only the relay thread touches its pub/sub connection (a
+:class:`~app.turbo.subscriber.Subscriber`, read with hiredis directly).
+Handler threads change the registry under a lock and wake the relay by
+publishing to the relay's own control channel, so a new socket is subscribed
+within one Redis round trip rather than at the next poll.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .channels import history_key, label_for
 from .history import History, format_id
 from .message import REFRESH_HTML, Message
 from .outbox import Outbox
+from .subscriber import Subscriber
 
 logger = logging.getLogger("turbocast.relay")
 
@@ -73,7 +75,8 @@ class Relay:
     :param prefix: the channel namespace, used for the relay's own control channel.
     :param health_check_interval: seconds of silence after which the pub/sub
         connection is pinged, so a dead link is noticed.
-    :param pubsub_factory: makes a fresh redis-py ``PubSub``; tests pass a fake.
+    :param pubsub_factory: opens a fresh pub/sub connection (by default a
+        :class:`~app.turbo.subscriber.Subscriber`); tests pass a fake.
     :param waker: publishes to the control channel; tests pass a fake.
     :param history: reads channel histories for the catch-up after an outage;
         ``None`` turns the catch-up off (tests).
@@ -104,8 +107,8 @@ class Relay:
                 retry=Retry(NoBackoff(), 0),
             )
         if pubsub_factory is None:
-            pubsub_factory = lambda: client.pubsub(  # type: ignore[no-untyped-call]  # noqa: E731
-                ignore_subscribe_messages=True
+            pubsub_factory = lambda: Subscriber(  # noqa: E731
+                redis_url, health_check_interval=health_check_interval
             )
         if waker is None:
             waker = lambda channel: client.publish(channel, b"")  # noqa: E731
@@ -300,12 +303,9 @@ class Relay:
             while not self._stop.is_set():
                 if self._dirty.is_set():
                     self._sync(pubsub)
-                message = pubsub.get_message(timeout=1.0)
-                if message is None or message.get("type") != "message":
-                    continue
-                channel = message["channel"]
-                if channel != self._control:
-                    yield channel, message["data"]
+                for channel, data in pubsub.read():
+                    if channel != self._control:
+                        yield channel, data
         finally:
             if self.connected.is_set() and self._lost_at_ms is None:
                 self._lost_at_ms = int(time.time() * 1000)

@@ -51,7 +51,7 @@ def message(channel: str | bytes, data: bytes, kind: str = "message") -> dict:
 
 
 class FakePubSub:
-    """An in-memory stand-in for redis-py's PubSub."""
+    """An in-memory stand-in for the relay's Subscriber."""
 
     def __init__(self, script: Iterable[object] = ()) -> None:
         self.script = list(script)
@@ -75,14 +75,14 @@ class FakePubSub:
     def unsubscribe(self, *channels: bytes) -> None:
         self.calls.append(("unsubscribe", frozenset(channels)))
 
-    def get_message(self, timeout: float = 0.0) -> dict | None:
+    def read(self) -> list[tuple[bytes, bytes]]:
         if self.closed:
             raise redis.ConnectionError("pubsub used after close")
         if not self.script:
             # Nothing scripted: behave like a quiet connection, without spinning.
             self.idle.set()
-            threading.Event().wait(min(timeout, 0.01))
-            return None
+            threading.Event().wait(0.01)
+            return []
         item = self.script.pop(0)
         if isinstance(item, BaseException) or (
             isinstance(item, type) and issubclass(item, BaseException)
@@ -90,8 +90,10 @@ class FakePubSub:
             raise item
         if callable(item):
             item()  # something happening elsewhere meanwhile (e.g. Redis restarts)
-            return None
-        return item  # type: ignore[return-value]
+            return []
+        if item is None or item["type"] != "message":  # type: ignore[index]
+            return []
+        return [(item["channel"], item["data"])]  # type: ignore[index]
 
     def close(self) -> None:
         self.closed = True

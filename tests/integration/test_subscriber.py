@@ -1,0 +1,146 @@
+"""app.turbo.subscriber: the relay's hiredis-read pub/sub connection, on a real redis-server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from app.embedded_redis import EmbeddedRedis
+from app.turbo.subscriber import Subscriber
+from tests.support import numsub, wait_for
+
+
+def collect(sub: Subscriber, count: int, timeout: float = 10.0) -> list[tuple[bytes, bytes]]:
+    """Read until ``count`` messages came; fail after ``timeout`` seconds."""
+    got: list[tuple[bytes, bytes]] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        assert time.monotonic() < deadline, f"got {len(got)} of {count} messages"
+        got.extend(sub.read())
+    return got
+
+
+@pytest.fixture
+def subscriber(redis_url: str) -> Iterator[Subscriber]:
+    sub = Subscriber(redis_url, poll_interval=0.05)
+    yield sub
+    sub.close()
+
+
+def subscribed(sub: Subscriber, client: redis.Redis, *channels: str) -> None:
+    sub.subscribe(*(c.encode() for c in channels))
+    for channel in channels:
+        wait_for(lambda c=channel: numsub(client, c) == 1, what=f"SUBSCRIBE {channel}")
+
+
+def test_delivers_only_subscribed_channels_in_order(subscriber, redis_client):
+    subscribed(subscriber, redis_client, "t:a", "t:b")
+
+    for i in range(5):
+        redis_client.publish("t:a", f"a{i}")
+        redis_client.publish("t:other", f"x{i}")
+        redis_client.publish("t:b", f"b{i}")
+
+    got = collect(subscriber, 10)
+    assert [d for c, d in got if c == b"t:a"] == [b"a0", b"a1", b"a2", b"a3", b"a4"]
+    assert [d for c, d in got if c == b"t:b"] == [b"b0", b"b1", b"b2", b"b3", b"b4"]
+    assert {c for c, _ in got} == {b"t:a", b"t:b"}
+
+
+def test_a_burst_arrives_in_batches_each_message_once(subscriber, redis_client):
+    subscribed(subscriber, redis_client, "t:burst")
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(2000):
+        pipe.publish("t:burst", b"%d " % i + b"<p>x</p>" * 30)
+    pipe.execute()
+
+    got = collect(subscriber, 2000)
+
+    assert [int(d.split(b" ", 1)[0]) for _, d in got] == list(range(2000))
+    assert len(got) == 2000
+
+
+def test_a_message_larger_than_one_read_arrives_whole(subscriber, redis_client):
+    subscribed(subscriber, redis_client, "t:big")
+    payload = os.urandom(300_000)
+    redis_client.publish("t:big", payload)
+
+    assert collect(subscriber, 1) == [(b"t:big", payload)]
+
+
+def test_unsubscribe_stops_delivery(subscriber, redis_client):
+    subscribed(subscriber, redis_client, "t:gone", "t:kept")
+    subscriber.unsubscribe(b"t:gone")
+    wait_for(lambda: numsub(redis_client, "t:gone") == 0, what="UNSUBSCRIBE")
+
+    redis_client.publish("t:gone", "lost")
+    redis_client.publish("t:kept", "kept")
+
+    assert collect(subscriber, 1) == [(b"t:kept", b"kept")]
+
+
+def test_quiet_read_returns_nothing_within_the_poll_interval(subscriber, redis_client):
+    subscribed(subscriber, redis_client, "t:quiet")
+    started = time.monotonic()
+
+    assert subscriber.read() == []
+    assert time.monotonic() - started < 5
+
+
+def test_error_reply_raises_response_error(subscriber):
+    subscriber.subscribe()  # SUBSCRIBE with no channel: Redis answers an error
+
+    with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
+        wait_for(lambda: subscriber.read() or None, timeout=5, what="the error reply")
+
+
+def test_unreachable_redis_raises_connection_error():
+    with EmbeddedRedis() as server:
+        url = server.url
+    with pytest.raises(redis.ConnectionError):
+        Subscriber(url)
+
+
+def test_killed_server_raises_connection_error():
+    with EmbeddedRedis() as server:
+        sub = Subscriber(server.url, poll_interval=0.05)
+        try:
+            sub.subscribe(b"t:x")
+            server.kill()
+            with pytest.raises(redis.ConnectionError):
+                wait_for(lambda: sub.read() or None, timeout=5, what="the lost connection")
+        finally:
+            sub.close()
+
+
+def test_silence_is_pinged_and_an_unanswered_ping_is_a_lost_connection():
+    with EmbeddedRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        sub = Subscriber(server.url, health_check_interval=0.3, poll_interval=0.05)
+        try:
+            sub.subscribe(b"t:x")
+            wait_for(lambda: numsub(client, "t:x") == 1, what="SUBSCRIBE")
+
+            # A live server answers the PING: reading goes on with nothing to report.
+            def pinged() -> bool:
+                assert sub.read() == []
+                return any(c["cmd"] == "ping" for c in client.client_list(_type="pubsub"))
+
+            wait_for(pinged, timeout=5, what="a PING after silence")
+
+            # A server that stops answering (the link is dead) is noticed.
+            assert server.process is not None
+            os.kill(server.process.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(redis.ConnectionError, match="did not answer PING"):
+                    wait_for(lambda: sub.read() or None, timeout=5, what="the silent link")
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+        finally:
+            sub.close()
+            client.close()

@@ -102,6 +102,8 @@ class WebServer(ManagedProcess):
     workers: int = 1
     threads: int = 64
     port: int = 0
+    #: gunicorn's worker class: ``gthread`` (the default serving mode) or ``gevent``.
+    worker_class: str = "gthread"
 
     @property
     def base_url(self) -> str:
@@ -120,6 +122,7 @@ class WebServer(ManagedProcess):
                 "--bind", f"127.0.0.1:{self.port}",
                 "--workers", str(self.workers),
                 "--threads", str(self.threads),
+                "--worker-class", self.worker_class,
                 "--graceful-timeout", "3",
                 "--log-level", "info",
                 "--no-control-socket",

@@ -88,7 +88,13 @@ class TurboConnection(Server):  # type: ignore[misc]
             max_message_size=None,
             thread_class=SharedReader,
         )
-        if send_timeout and self.mode != "gevent":
+        if send_timeout and type(self.sock).__module__.startswith("gevent"):
+            # A gevent socket (gunicorn -k gevent, gevent's own server): the fd is
+            # non-blocking and gevent waits for writability itself, so its socket
+            # timeout is what bounds a send. The shared reader reads the raw socket
+            # without waiting, so reads are not affected.
+            self.sock.settimeout(send_timeout)
+        elif send_timeout:
             # Only sends get a deadline: SO_SNDTIMEO leaves the reader's recv alone.
             seconds = int(send_timeout)
             micros = int((send_timeout - seconds) * 1_000_000)
@@ -215,7 +221,8 @@ class TurboConnection(Server):  # type: ignore[misc]
                     self.sock.sendall(self.ws.send(Ping()))
                     next_ping = time.monotonic() + interval
         except (OSError, LocalProtocolError) as exc:
-            # EAGAIN here is SO_SNDTIMEO: the peer stopped reading for send_timeout seconds.
+            # EAGAIN (SO_SNDTIMEO) or gevent's timeout: the peer stopped reading for
+            # send_timeout seconds.
             return f"write failed: {exc.__class__.__name__}"
         finally:
             self.connected = False

@@ -10,12 +10,13 @@ import pytest
 from tests.support import WebServer
 
 
-@pytest.fixture(scope="module")
-def web(redis_url: str, log_dir: Path) -> Iterator[WebServer]:
-    """gunicorn (threads) serving the app, with small limits that tests can reach."""
+@pytest.fixture(scope="module", params=["gthread", "gevent"])
+def web(request: pytest.FixtureRequest, redis_url: str, log_dir: Path) -> Iterator[WebServer]:
+    """gunicorn serving the app in each serving mode, with small limits that tests can reach."""
     server = WebServer(
         redis_url,
         env={"TURBO_OUTBOX_SIZE": "8", "TURBO_SEND_TIMEOUT": "60", "TURBO_PING_INTERVAL": "5"},
+        worker_class=request.param,
     ).start(log_dir)
     yield server
     server.stop()

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import pytest
+import redis
 import simple_websocket
 from markupsafe import Markup
 
@@ -202,3 +203,34 @@ def test_socket_survives_a_redis_restart(log_dir):
             client.close()
             publisher.close()
             web.stop()
+
+
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_peer_that_stops_reading_is_dropped_after_the_send_timeout(
+    log_dir, redis_url, worker_class
+):
+    # A large outbox, so it is the stuck write, not an overflow, that ends the socket.
+    env = {"TURBO_SEND_TIMEOUT": "1", "TURBO_OUTBOX_SIZE": "1000", "TURBO_PING_INTERVAL": "0"}
+    web = WebServer(redis_url, env=env, worker_class=worker_class).start(log_dir)
+    client = redis.Redis.from_url(redis_url)
+    publisher = Publisher(redis_url)
+    stuck = None
+    try:
+        cookie = open_session(web.base_url)
+        sid = session_id_of(cookie)
+        stuck = RawClient(web.ws_url, cookie)
+        wait_for(lambda: numsub(client, channel_for(sid)) == 1, what="the stuck client's channel")
+        big = TurboStream.update("blob", Markup("x" * 64 * 1024))
+        # Far more than the socket buffers hold; well under the outbox's bound.
+        for _ in range(100):
+            publisher.to_session(sid, big)
+
+        wait_for(lambda: "write failed" in web.log(), what="the stuck write giving up")
+        wait_for(lambda: numsub(client, channel_for(sid)) == 0, what="the socket detached")
+        assert "outbox overflow" not in web.log()
+    finally:
+        if stuck is not None:
+            stuck.close()
+        publisher.close()
+        client.close()
+        web.stop()

@@ -23,7 +23,7 @@ import simple_websocket
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
 
 from app.embedded_redis import free_port
 
@@ -271,6 +271,24 @@ class RawClient:
             self.events = []
             if not self._pump():
                 return messages, None
+
+    def pings(self, count: int, answer: bool, timeout: float = 10.0) -> int:
+        """Read until ``count`` pings came (answering them or not) or the server hung up.
+
+        :returns: how many pings came.
+        """
+        self.sock.settimeout(timeout)
+        seen = 0
+        while seen < count:
+            for event in self.events:
+                if isinstance(event, Ping):
+                    seen += 1
+                    if answer:
+                        self.sock.sendall(self.ws.send(event.response()))
+            self.events = []
+            if seen >= count or not self._pump():
+                break
+        return seen
 
     def close(self) -> None:
         self.sock.close()

@@ -32,7 +32,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError
 
 from .message import SUBPROTOCOL, Cursor, Message
-from .outbox import Outbox
+from .outbox import HEARTBEAT, Outbox
 from .readers import SharedReader, readers
 
 logger = logging.getLogger("turbocast.socket")
@@ -53,9 +53,7 @@ class TurboConnection(Server):  # type: ignore[misc]
     when the connection ends.
 
     :param environ: the WSGI environ of the upgrade request.
-    :param outbox: the queue this socket's frames arrive in.
-    :param ping_interval: seconds between heartbeat pings; a peer that has not
-        answered the previous ping by then is dropped. ``0`` disables them.
+    :param outbox: the queue this socket's frames (and heartbeats) arrive in.
     :param send_timeout: seconds one write may block before the peer counts as
         stuck and the connection is dropped (``0``: no limit).
     :param max_incoming_bytes: the largest message a client may send.
@@ -67,13 +65,11 @@ class TurboConnection(Server):  # type: ignore[misc]
         environ: dict[str, Any],
         outbox: Outbox,
         *,
-        ping_interval: float = 25.0,
         send_timeout: float = 30.0,
         max_incoming_bytes: int = 4096,
         max_incoming_rate: int = 50,
     ) -> None:
         self.outbox = outbox
-        self.heartbeat = ping_interval
         self.max_incoming_bytes = max_incoming_bytes
         self.max_incoming_rate = max_incoming_rate
         self._incoming_count = 0
@@ -88,6 +84,11 @@ class TurboConnection(Server):  # type: ignore[misc]
             max_message_size=None,
             thread_class=SharedReader,
         )
+        # The handshake is done: keep only the frame protocol, not the HTTP
+        # handshake machinery (h11) or the request's environ, for as long as the
+        # page stays open.
+        self.ws: Any = self.ws.connection
+        self.environ: dict[str, Any] = {}
         if send_timeout and type(self.sock).__module__.startswith("gevent"):
             # A gevent socket (gunicorn -k gevent, gevent's own server): the fd is
             # non-blocking and gevent waits for writability itself, so its socket
@@ -193,20 +194,28 @@ class TurboConnection(Server):  # type: ignore[misc]
     def serve(self, replay: list[Message] | None = None) -> str:
         """Write what the outbox holds until the connection ends; the handler thread calls this.
 
+        Heartbeats arrive through the outbox too (:data:`~app.turbo.outbox.HEARTBEAT`,
+        from the relay's heartbeat thread): each sends a ping, and a peer that has
+        not answered the previous one by then is dropped. The writer itself keeps
+        no timer: it waits for its outbox and nothing else.
+
         :param replay: messages from the history to send first (the outbox may
             already hold some of them; nothing is sent twice).
         :returns: why the connection ended, for the log.
         """
-        interval = self.heartbeat
-        next_ping = time.monotonic() + interval if interval else None
         cursor = Cursor()
+        drain = self.outbox.drain
         try:
             if replay:
                 self._write(replay, cursor)
             while True:
-                wait = None if next_ping is None else max(0.0, next_ping - time.monotonic())
-                controls, messages, closing = self.outbox.drain(wait)
+                controls, messages, closing = drain(None)
                 for event in controls:
+                    if event is HEARTBEAT:
+                        if not self.pong_received:
+                            return "heartbeat timeout: no pong"
+                        self.pong_received = False
+                        event = Ping()
                     self.sock.sendall(self.ws.send(event))
                 if messages:
                     self._write(messages, cursor)
@@ -214,12 +223,6 @@ class TurboConnection(Server):  # type: ignore[misc]
                     if closing.code is not None:
                         self._send_close(closing.code, closing.reason)
                     return closing.reason
-                if next_ping is not None and time.monotonic() >= next_ping:
-                    if not self.pong_received:
-                        return "heartbeat timeout: no pong"
-                    self.pong_received = False
-                    self.sock.sendall(self.ws.send(Ping()))
-                    next_ping = time.monotonic() + interval
         except (OSError, LocalProtocolError) as exc:
             # EAGAIN (SO_SNDTIMEO) or gevent's timeout: the peer stopped reading for
             # send_timeout seconds.

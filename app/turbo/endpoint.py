@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ import redis
 from flask import Response, request, session
 from werkzeug.exceptions import BadRequest
 
+from . import handoff
 from .channels import history_key, label_for, valid_session_id
 from .connection import TurboConnection
 from .errors import InvalidChannelError, TurboError
@@ -162,9 +163,15 @@ def _replay(state: TurboState, admission: Admission) -> list[Message]:
     return replay
 
 
-def _log_closed(sid: str, outbox: Outbox, reason: str) -> None:
+def _log_closed(sid: str, outbox: Outbox, reason: str, *, gave_up: bool = False) -> None:
+    """One line per closed socket: a warning when it was refused or given up on.
+
+    :param gave_up: the server dropped the peer (a stuck write, no pong).
+    """
     closing = outbox.closing
-    refused = outbox.dropped or (closing is not None and closing.code not in (None, 1001))
+    refused = (
+        gave_up or outbox.dropped or (closing is not None and closing.code not in (None, 1001))
+    )
     logger.log(
         logging.WARNING if refused else logging.INFO,
         "turbocast: socket closed: %s",
@@ -182,25 +189,28 @@ def websocket_endpoint() -> Response:
     admission = _admit(state, request.args.getlist("since"))
     if isinstance(admission, Response):
         return admission
-    with state.socket_slot(admission.sid) as granted:
-        if not granted:
+    with ExitStack() as held:
+        if not held.enter_context(state.socket_slot(admission.sid)):
             return _refuse(STATUS_TOO_MANY_SOCKETS, "too many sockets for this session")
-        return _serve_websocket(state, admission)
+        return _serve_websocket(state, admission, held)
 
 
-def _serve_websocket(state: TurboState, admission: Admission) -> Response:
+def _serve_websocket(state: TurboState, admission: Admission, held: ExitStack) -> Response:
     config = state.config
     outbox = Outbox(int(config["TURBO_OUTBOX_SIZE"]))
+    # gunicorn -k gevent: the socket goes on in a lean greenlet of its own.
+    lean = handoff.lean_environ(request.environ)
     try:
         conn = TurboConnection(
-            request.environ,
+            lean or request.environ,
             outbox,
-            ping_interval=float(config["TURBO_PING_INTERVAL"]),
             send_timeout=float(config["TURBO_SEND_TIMEOUT"]),
             max_incoming_bytes=int(config["TURBO_MAX_INCOMING_BYTES"]),
             max_incoming_rate=int(config["TURBO_MAX_INCOMING_RATE"]),
         )
     except Exception as exc:  # noqa: BLE001 - wsproto rejects malformed upgrades
+        if lean is not None:
+            handoff.discard(lean)
         if isinstance(exc, BadRequest):
             raise
         return _refuse(400, f"bad WebSocket handshake ({exc.__class__.__name__})")
@@ -212,11 +222,28 @@ def _serve_websocket(state: TurboState, admission: Admission) -> Response:
         "turbocast: socket open",
         extra={"turbo_session": admission.sid[:8], "turbo_channels": len(admission.channels)},
     )
-    try:
-        reason = conn.serve(_replay(state, admission))
-    finally:
-        relay.detach(sub)
-    _log_closed(admission.sid, outbox, reason)
+    replay = _replay(state, admission)
+    sid = admission.sid
+
+    def serve() -> None:
+        try:
+            reason = conn.serve(replay)
+        finally:
+            relay.detach(sub)
+        # No close was asked for, yet the writer stopped: it gave up on the peer.
+        _log_closed(sid, outbox, reason, gave_up=outbox.closing is None)
+
+    if lean is None:
+        serve()
+    else:
+        # The session's socket slot is released when the writer ends, not now.
+        slot = held.pop_all()
+
+        def serve_then_release() -> None:
+            with slot:
+                serve()
+
+        handoff.spawn(serve_then_release)
     return _WebSocketResponse(conn.mode)
 
 

@@ -178,6 +178,7 @@ class TurboState:
                     prefix=self.config["TURBO_CHANNEL_PREFIX"],
                     health_check_interval=float(self.config["TURBO_REDIS_HEALTH_CHECK_INTERVAL"]),
                     history=history,
+                    heartbeat_interval=float(self.config["TURBO_PING_INTERVAL"]),
                 )
                 self._relay = relay
         relay.start()

@@ -8,8 +8,8 @@ itself, so turbocast closes every socket of the worker at once with 1001
 Events) come straight back, to another worker or the restarted one, and resume
 where they were.
 
-Keep your own gunicorn settings in your own config module and import the hook
-there: ``from app.turbo.gunicorn_hooks import post_worker_init``.
+Keep your own gunicorn settings in your own config module and import the hooks
+there: ``from app.turbo.gunicorn_hooks import post_worker_init, worker_exit``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import signal
 from types import FrameType
 from typing import Any
 
+from . import handoff
 from .relay import close_all_sockets
 
 
@@ -61,3 +62,14 @@ def post_worker_init(worker: Any) -> None:
     """Gunicorn's hook, run in each worker after it installed its signal handlers."""
     install_graceful_shutdown()
     batch_scheduling()
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Gunicorn's hook, run in a worker that stops: let handed-off sockets close cleanly.
+
+    Under gevent the sockets' writers are greenlets of their own (see
+    :mod:`app.turbo.handoff`), which gunicorn does not wait for; each was asked
+    to close with 1001 on SIGTERM, and here they get the graceful timeout to do so.
+    """
+    close_all_sockets()
+    handoff.join(timeout=float(getattr(worker.cfg, "graceful_timeout", 5)))

@@ -60,6 +60,9 @@ class _Control:
 # Put after a close or an overflow so that a writer blocked in drain() wakes up.
 _WAKE = _Control(None)
 
+#: A control event that means "time for a heartbeat ping" (see :meth:`Outbox.beat`).
+HEARTBEAT = object()
+
 
 class Outbox:
     """A bounded queue of messages for one socket, drained in batches by its one writer.
@@ -121,6 +124,14 @@ class Outbox:
         :param event: the event, e.g. the response to a client's ping.
         """
         self._queue.put(_Control(event))
+
+    def beat(self) -> None:
+        """Tell the writer it is time for a heartbeat (it gets :data:`HEARTBEAT` as a control).
+
+        One heartbeat thread per process beats every socket, so a writer waits
+        without a timer of its own.
+        """
+        self._queue.put(_Control(HEARTBEAT))
 
     def close(self, code: int | None, reason: str = "") -> None:
         """Ask the writer to close the socket; the first reason given wins.

@@ -81,6 +81,8 @@ class Relay:
     :param history: reads channel histories for the catch-up after an outage;
         ``None`` turns the catch-up off (tests).
     :param thread_class: the class of the relay thread.
+    :param heartbeat_interval: seconds between heartbeats to every socket's
+        outbox (:meth:`Outbox.beat`), from a thread of their own; ``0``: none.
     """
 
     def __init__(
@@ -93,8 +95,10 @@ class Relay:
         waker: Callable[[str], object] | None = None,
         history: History | None = None,
         thread_class: type[threading.Thread] = threading.Thread,
+        heartbeat_interval: float = 0.0,
     ) -> None:
         self.prefix = prefix
+        self.heartbeat_interval = heartbeat_interval
         self.control_channel = f"{prefix}:relay:{uuid.uuid4().hex}"
         self._control = self.control_channel.encode()
         if pubsub_factory is None or waker is None:
@@ -129,6 +133,7 @@ class Relay:
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._beater: threading.Thread | None = None
         self._subscribed: set[bytes] = set()
         self._labels: dict[bytes, str] = {}
         # The id of the last message delivered on each channel: where to catch up from.
@@ -155,7 +160,13 @@ class Relay:
             self.pid = os.getpid()
             thread = self._thread_class(target=self._run, name="turbo-relay", daemon=True)
             self._thread = thread
+            beater = None
+            if self.heartbeat_interval > 0:
+                beater = self._thread_class(target=self._beat, name="turbo-heartbeat", daemon=True)
+                self._beater = beater
         thread.start()
+        if beater is not None:
+            beater.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the relay thread and wait for it.
@@ -163,9 +174,9 @@ class Relay:
         :param timeout: how long to wait for the thread to finish.
         """
         self._stop.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
+        for thread in (self._thread, self._beater):
+            if thread is not None:
+                thread.join(timeout)
 
     @property
     def running(self) -> bool:
@@ -228,11 +239,20 @@ class Relay:
         :param reason: the close reason.
         :returns: how many sockets were asked.
         """
-        with self._lock:
-            outboxes = {o for group in self._registry.values() for o in group}
+        outboxes = self._outboxes()
         for outbox in outboxes:
             outbox.close(code, reason)
         return len(outboxes)
+
+    def _outboxes(self) -> set[Outbox]:
+        with self._lock:
+            return {o for group in self._registry.values() for o in group}
+
+    def _beat(self) -> None:
+        # The heartbeat thread: every socket's writer is told when to ping.
+        while not self._stop.wait(self.heartbeat_interval):
+            for outbox in self._outboxes():
+                outbox.beat()
 
     def channels(self) -> set[str]:
         """The channels local sockets listen to now."""

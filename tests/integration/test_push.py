@@ -5,6 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import redis
@@ -205,32 +208,61 @@ def test_socket_survives_a_redis_restart(log_dir):
             web.stop()
 
 
-@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
-def test_peer_that_stops_reading_is_dropped_after_the_send_timeout(
-    log_dir, redis_url, worker_class
-):
-    # A large outbox, so it is the stuck write, not an overflow, that ends the socket.
-    env = {"TURBO_SEND_TIMEOUT": "1", "TURBO_OUTBOX_SIZE": "1000", "TURBO_PING_INTERVAL": "0"}
+@contextmanager
+def _server_with_raw_peer(
+    redis_url: str, log_dir: Path, worker_class: str, env: dict[str, str]
+) -> Iterator[tuple[WebServer, redis.Redis, str, RawClient]]:
+    """A server of its own and one subscribed RawClient: (server, Redis client, session, peer)."""
     web = WebServer(redis_url, env=env, worker_class=worker_class).start(log_dir)
     client = redis.Redis.from_url(redis_url)
-    publisher = Publisher(redis_url)
-    stuck = None
+    peer = None
     try:
         cookie = open_session(web.base_url)
         sid = session_id_of(cookie)
-        stuck = RawClient(web.ws_url, cookie)
-        wait_for(lambda: numsub(client, channel_for(sid)) == 1, what="the stuck client's channel")
+        peer = RawClient(web.ws_url, cookie)
+        wait_for(lambda: numsub(client, channel_for(sid)) == 1, what="the peer's channel")
+        yield web, client, sid, peer
+    finally:
+        if peer is not None:
+            peer.close()
+        client.close()
+        web.stop()
+
+
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_peer_that_stops_reading_is_dropped_after_the_send_timeout(
+    log_dir, redis_url, publisher, worker_class
+):
+    # A large outbox, so it is the stuck write, not an overflow, that ends the socket.
+    env = {"TURBO_SEND_TIMEOUT": "1", "TURBO_OUTBOX_SIZE": "1000", "TURBO_PING_INTERVAL": "0"}
+    with _server_with_raw_peer(redis_url, log_dir, worker_class, env) as (web, client, sid, _):
         big = TurboStream.update("blob", Markup("x" * 64 * 1024))
         # Far more than the socket buffers hold; well under the outbox's bound.
         for _ in range(100):
             publisher.to_session(sid, big)
 
-        wait_for(lambda: "write failed" in web.log(), what="the stuck write giving up")
+        wait_for(
+            lambda: "WARNING turbocast: turbocast: socket closed: write failed" in web.log(),
+            what="the stuck write giving up",
+        )
         wait_for(lambda: numsub(client, channel_for(sid)) == 0, what="the socket detached")
         assert "outbox overflow" not in web.log()
-    finally:
-        if stuck is not None:
-            stuck.close()
-        publisher.close()
-        client.close()
-        web.stop()
+
+
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_heartbeat_pings_keep_an_answering_peer_and_drop_a_silent_one(
+    log_dir, redis_url, worker_class
+):
+    env = {"TURBO_PING_INTERVAL": "0.3"}
+    with _server_with_raw_peer(redis_url, log_dir, worker_class, env) as (web, client, sid, peer):
+        # Answered pings keep coming: the socket stays.
+        assert peer.pings(4, answer=True) == 4
+        assert numsub(client, channel_for(sid)) == 1
+
+        # Unanswered, the next heartbeat finds no pong and the server hangs up.
+        assert peer.pings(10, answer=False) < 10
+        wait_for(
+            lambda: "WARNING turbocast: turbocast: socket closed: heartbeat timeout" in web.log(),
+            what="the heartbeat log line",
+        )
+        wait_for(lambda: numsub(client, channel_for(sid)) == 0, what="the socket detached")

@@ -45,9 +45,9 @@ def _numbers(client: ResumingClient) -> list[int]:
     ]
 
 
-@pytest.fixture(scope="module")
-def web(redis_url: str, log_dir: Path) -> Iterator[WebServer]:
-    server = WebServer(redis_url).start(log_dir)
+@pytest.fixture(scope="module", params=["gthread", "gevent"])
+def web(request: pytest.FixtureRequest, redis_url: str, log_dir: Path) -> Iterator[WebServer]:
+    server = WebServer(redis_url, worker_class=request.param).start(log_dir)
     yield server
     server.stop()
 
@@ -273,8 +273,11 @@ def test_messages_survive_a_redis_restart_with_the_publisher_retrying(log_dir, t
 # (d) -------------------------------------------------------------------------------------
 
 
-def test_messages_survive_a_web_process_restart(redis_url, log_dir, publisher, redis_client):
-    web = WebServer(redis_url).start(log_dir)
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_messages_survive_a_web_process_restart(
+    redis_url, log_dir, publisher, redis_client, worker_class
+):
+    web = WebServer(redis_url, worker_class=worker_class).start(log_dir)
     try:
         cookie, sid, url = _page(web)
         client = ResumingClient(url, cookie).connect()

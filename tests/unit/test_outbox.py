@@ -9,7 +9,13 @@ import pytest
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from app.turbo.message import Message
-from app.turbo.outbox import CLOSE_OUTBOX_OVERFLOW, Closing, Outbox, encode_text_frame
+from app.turbo.outbox import (
+    CLOSE_OUTBOX_OVERFLOW,
+    HEARTBEAT,
+    Closing,
+    Outbox,
+    encode_text_frame,
+)
 
 DEADLINE = 5.0
 
@@ -279,3 +285,28 @@ def test_writer_blocked_in_drain_wakes_on_close():
     assert writer.finished.wait(DEADLINE)
     writer.join()
     assert writer.result == ([], [], Closing(1001, "server shutting down"))
+
+
+def test_beat_reaches_a_waiting_writer_as_the_heartbeat_control():
+    outbox = Outbox(10)
+    writer = _Writer(outbox)
+    assert not writer.finished.wait(0.05)
+
+    outbox.beat()
+
+    assert writer.finished.wait(DEADLINE)
+    writer.join()
+    assert writer.result == ([HEARTBEAT], [], None)
+
+
+def test_beats_and_messages_drain_together():
+    outbox = Outbox(10)
+    outbox.put(msg(b"one"))
+    outbox.beat()
+    outbox.put(msg(b"two"))
+
+    controls, messages, closing = outbox.drain(0)
+
+    assert controls == [HEARTBEAT]
+    assert [m.html for m in messages] == [b"one", b"two"]
+    assert closing is None

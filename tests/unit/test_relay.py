@@ -24,7 +24,7 @@ import redis
 import app.turbo.relay as relay_module
 from app.turbo.channels import history_key
 from app.turbo.message import REFRESH_HTML, Message
-from app.turbo.outbox import CLOSE_OUTBOX_OVERFLOW, Outbox, encode_text_frame
+from app.turbo.outbox import CLOSE_OUTBOX_OVERFLOW, HEARTBEAT, Outbox, encode_text_frame
 from app.turbo.relay import Relay
 
 DEADLINE = 5.0
@@ -890,3 +890,40 @@ def test_a_fan_out_past_an_outbox_bound_closes_it_and_stops_feeding_it():
     assert len(relay._puts[b"turbo:broadcast"]) == 1  # only the healthy outbox is fed
     _, messages, _ = small.drain(0)
     assert messages == []  # what waited is thrown away
+
+
+def test_heartbeat_thread_beats_every_attached_outbox_until_stopped():
+    relay = Relay(
+        "redis://unused.invalid/0",
+        pubsub_factory=FakePubSub,
+        waker=Waker(),
+        heartbeat_interval=0.05,
+    )
+    first, second, gone = Outbox(100), Outbox(100), Outbox(100)
+    relay.attach([CHAT], first)
+    relay.attach([CHAT, NEWS], second)
+    relay.detach(relay.attach([NEWS], gone))
+    relay.start()
+    try:
+        for outbox in (first, second):
+            beats: list[object] = []
+            while len(beats) < 2:  # and again, an interval later; each drain waits for one
+                controls, messages, _ = outbox.drain(DEADLINE)
+                assert controls and not messages
+                beats += controls
+            assert set(map(id, beats)) == {id(HEARTBEAT)}
+    finally:
+        relay.stop(timeout=DEADLINE)
+
+    assert not any(t.name == "turbo-heartbeat" for t in threading.enumerate())
+    assert len(gone) == 0
+
+
+def test_no_heartbeat_thread_when_the_interval_is_zero():
+    relay = Relay("redis://unused.invalid/0", pubsub_factory=FakePubSub, waker=Waker())
+    relay.start()
+    try:
+        assert relay.connected.wait(DEADLINE)
+        assert not any(t.name == "turbo-heartbeat" for t in threading.enumerate())
+    finally:
+        relay.stop(timeout=DEADLINE)

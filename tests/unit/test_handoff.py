@@ -1,0 +1,51 @@
+"""app.turbo.handoff: which sockets are handed to a lean writer, and what they keep."""
+
+from __future__ import annotations
+
+import socket
+
+import gevent.socket
+
+from app.turbo import handoff
+
+
+def test_a_plain_socket_is_not_handed_off():
+    a, b = socket.socketpair()
+    try:
+        assert handoff.lean_environ({"gunicorn.socket": a, "HTTP_COOKIE": "c"}) is None
+        assert handoff.lean_environ({"werkzeug.socket": a}) is None
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_gevent_socket_is_duplicated_with_only_the_headers():
+    a, b = gevent.socket.socketpair()
+    environ = {
+        "gunicorn.socket": a,
+        "HTTP_COOKIE": "session=x",
+        "HTTP_SEC_WEBSOCKET_KEY": "k",
+        "REQUEST_METHOD": "GET",
+        "wsgi.input": object(),
+    }
+    lean = handoff.lean_environ(environ)
+    try:
+        assert lean is not None
+        assert set(lean) == {"gunicorn.socket", "HTTP_COOKIE", "HTTP_SEC_WEBSOCKET_KEY"}
+        dup = lean["gunicorn.socket"]
+        assert dup.fileno() != a.fileno()
+
+        # gunicorn closes its own descriptor when the request returns; the
+        # connection goes on through the duplicate.
+        a.close()
+        dup.sendall(b"still here")
+        assert b.recv(64) == b"still here"
+    finally:
+        if lean is not None:
+            handoff.discard(lean)
+        b.close()
+    assert lean["gunicorn.socket"].fileno() == -1
+
+
+def test_join_with_no_writers_returns_at_once():
+    assert handoff.join(timeout=5) == 0

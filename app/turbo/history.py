@@ -9,10 +9,12 @@ what came after it from the history, then the live messages, with nothing twice.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 #: What a position is: a stream id as text, ``"0-0"`` meaning "from the start".
 START = "0-0"
@@ -65,6 +67,13 @@ class History:
         self.maxlen = maxlen
         self.max_age_ms = int(max_age * 1000)
         self._script = client.register_script(_PUBLISH)
+        # Publishing is every push's hot path: it runs the script on connections of
+        # its own, made by the client's pool (so every URL option applies), without
+        # redis-py's per-command layers, which cost more than the round trip here.
+        # A client without a pool (a cluster client) goes through the script object.
+        self._pool: Any = getattr(client, "connection_pool", None)
+        self._idle: list[Any] = []
+        self._pid = os.getpid()
 
     def publish(self, key: str, channel: str, payload: bytes) -> tuple[str, int]:
         """Append to the history and publish, in one round trip.
@@ -74,9 +83,46 @@ class History:
         :param payload: the message (UTF-8 HTML).
         :returns: the message's id and how many subscribers (web processes) got it.
         """
-        result = self._script(keys=[key], args=[payload, self.maxlen, self.max_age_ms, channel])
+        args = (payload, self.maxlen, self.max_age_ms, channel)
+        if self._pool is None:
+            result = self._script(keys=[key], args=list(args))
+        else:
+            result = self._run_script(key, args)
         message_id, receivers = result
         return _text(message_id), int(receivers)
+
+    def _run_script(self, key: str, args: tuple[Any, ...]) -> Any:
+        if self._pid != os.getpid():
+            # A forked child (a Celery prefork worker) must not share its parent's sockets.
+            self._idle, self._pid = [], os.getpid()
+        try:
+            conn = self._idle.pop()  # atomic: no lock, safe across threads
+        except IndexError:
+            conn = self._pool.make_connection()
+        try:
+            try:
+                conn.send_command("EVALSHA", self._script.sha, 1, key, *args)
+                result = conn.read_response()
+            except NoScriptError:
+                # Redis restarted (or flushed its scripts): send the body; it is cached again.
+                conn.send_command("EVAL", _PUBLISH, 1, key, *args)
+                result = conn.read_response()
+        except redis.ResponseError:
+            self._idle.append(conn)  # the reply was read whole: the connection is fine
+            raise
+        except BaseException:
+            # A reply may still be on its way: this connection cannot be reused as it is.
+            conn.disconnect()
+            self._idle.append(conn)  # (it reconnects when next used)
+            raise
+        self._idle.append(conn)
+        return result
+
+    def close(self) -> None:
+        """Close the connections publishing uses."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.disconnect()
 
     def positions(self, keys: Sequence[str]) -> list[str]:
         """The newest id of each history (``"0-0"`` for an empty one), in one round trip.

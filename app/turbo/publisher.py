@@ -166,4 +166,5 @@ class Publisher:
 
     def close(self) -> None:
         """Close the publisher's Redis connections."""
+        self.history.close()
         self.client.close()

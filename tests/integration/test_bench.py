@@ -33,3 +33,14 @@ def test_the_benchmark_harness_runs_a_quick_workload_with_no_loss(tmp_path):
     report = (tmp_path / "BENCHMARKS.md").read_text()
     assert "| W1 | turbocast-threads |" in report
     assert (tmp_path / "w1-latency-cdf.png").stat().st_size > 1000
+
+
+def test_the_per_thread_cpu_tool_names_the_relay_and_the_writers():
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.threadcpu", "--sockets", "20", "--count", "200",
+         "--rate", "200"],
+        cwd=ROOT, check=True, timeout=300, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    assert "200 of 200 messages" in out
+    assert "turbo-relay" in out
+    assert "request threads (the sockets' writers)" in out

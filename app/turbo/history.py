@@ -110,9 +110,13 @@ class History:
         except redis.ResponseError:
             self._idle.append(conn)  # the reply was read whole: the connection is fine
             raise
-        except BaseException:
+        except BaseException as exc:
             # A reply may still be on its way: this connection cannot be reused as it is.
             conn.disconnect()
+            if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
+                # Redis went away (a restart, a failover): the idle connections are
+                # dead too; drop them, so later publishes do not each stumble on one.
+                self.close()
             self._idle.append(conn)  # (it reconnects when next used)
             raise
         self._idle.append(conn)

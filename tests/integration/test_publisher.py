@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -125,3 +126,33 @@ def test_close_disconnects_the_publishing_connections(redis_url, redis_client):
     publisher.close()
 
     wait_for(lambda: not own & _client_ids(redis_client), what="the publisher's connection closing")
+
+
+def test_after_redis_drops_every_connection_only_one_publish_retries(
+    publisher, listener, redis_client, caplog
+):
+    # Concurrent publishes leave the publisher with several idle connections.
+    def bursts() -> None:
+        threads = [threading.Thread(target=burst) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+
+    def burst() -> None:
+        for n in range(20):
+            publisher.to_session(SID, _stream(str(n)))
+
+    before = _client_ids(redis_client)
+    wait_for(
+        lambda: bursts() or len(_client_ids(redis_client) - before) >= 2,
+        what="the publisher to hold several connections",
+    )
+    redis_client.client_kill_filter(_type="normal", skipme=True)  # as a restart would
+
+    assert publisher.to_session(SID, _stream("after")) == 1
+    bursts()  # every idle connection is used again
+
+    # The first publish found a dead connection and retried; the others were dropped
+    # with it, so no later publish stumbles on one.
+    assert caplog.text.count("publish failed, retrying once") == 1

@@ -68,6 +68,8 @@ def spawn(run: Callable[[], object]) -> None:
     def writer() -> None:
         try:
             run()
+        except Exception:  # noqa: BLE001 - logged here: no request is left to report it
+            logger.exception("turbocast: socket writer failed")
         finally:
             _writers.discard(current)
             if not _writers and _all_done is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import gevent.event
 import gevent.socket
 
 from app.turbo import handoff
@@ -48,4 +49,26 @@ def test_a_gevent_socket_is_duplicated_with_only_the_headers():
 
 
 def test_join_with_no_writers_returns_at_once():
+    assert handoff.join(timeout=5) == 0
+
+
+def test_a_failing_writer_is_logged_and_forgotten(caplog):
+    def run() -> None:
+        raise RuntimeError("boom")
+
+    handoff.spawn(run)
+    assert handoff.join(timeout=5) == 0
+
+    assert "socket writer failed" in caplog.text
+    assert "boom" in caplog.text
+
+
+def test_join_waits_for_running_writers_and_reports_the_rest(caplog):
+    release = gevent.event.Event()
+    handoff.spawn(release.wait)
+
+    assert handoff.join(timeout=0.05) == 1
+    assert "1 socket writers still running at exit" in caplog.text
+
+    release.set()
     assert handoff.join(timeout=5) == 0

@@ -18,6 +18,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -368,13 +369,15 @@ def w6(target: Target, quick: bool) -> dict[str, Any]:
             "REDIS_URL": redis.url,
             "LOG_LEVEL": "WARNING",
         }
+        log = Path(tempfile.mkdtemp(prefix="turbocast-bench-")) / "worker.log"
         worker = subprocess.Popen(
-            pinned(LOAD_CORE, [PY, "-m", "celery", "-A", "workers.celery", "worker", "-l", "WARNING",
-                               "--concurrency", "2", "--without-gossip", "--without-mingle"]),
+            pinned(LOAD_CORE, [PY, "-m", "celery", "-A", "workers.celery", "worker", "-l", "INFO",
+                               "--logfile", str(log), "--concurrency", "2", "--without-gossip",
+                               "--without-mingle"]),
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            time.sleep(3.0)  # the worker connects to the broker
+            _wait_for_worker(worker, log)
             base = f"http://127.0.0.1:{servers.ports[0]}"
             load = Load({"kind": "turbocast", "urls": servers.urls, "mode": "e2e",
                          "sids": new_sids(1), "count": count, "notify_url": f"{base}/notify"})  # fmt: skip
@@ -384,6 +387,15 @@ def w6(target: Target, quick: bool) -> dict[str, Any]:
             worker.wait(20)
             servers.stop()
     return r
+
+
+def _wait_for_worker(worker: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    """Until the Celery worker says it is ready (connected to the broker, consuming)."""
+    deadline = time.monotonic() + timeout
+    while not (log.exists() and "ready." in log.read_text(errors="replace")):
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the Celery worker did not start: {log}")
+        time.sleep(0.1)
 
 
 WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6}

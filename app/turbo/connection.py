@@ -200,7 +200,8 @@ class TurboConnection(Server):  # type: ignore[misc]
         no timer: it waits for its outbox and nothing else.
 
         :param replay: messages from the history to send first (the outbox may
-            already hold some of them; nothing is sent twice).
+            already hold some of them; nothing is sent twice). The list is emptied
+            once sent, so a long-lived socket does not keep its replay.
         :returns: why the connection ended, for the log.
         """
         cursor = Cursor()
@@ -208,6 +209,7 @@ class TurboConnection(Server):  # type: ignore[misc]
         try:
             if replay:
                 self._write(replay, cursor)
+                replay.clear()
             while True:
                 controls, messages, closing = drain(None)
                 for event in controls:

@@ -161,7 +161,8 @@ class Relay:
             thread = self._thread_class(target=self._run, name="turbo-relay", daemon=True)
             self._thread = thread
             beater = None
-            if self.heartbeat_interval > 0:
+            running = self._beater is not None and self._beater.is_alive()
+            if self.heartbeat_interval > 0 and not running:
                 beater = self._thread_class(target=self._beat, name="turbo-heartbeat", daemon=True)
                 self._beater = beater
         thread.start()

@@ -63,7 +63,7 @@ def batch_scheduling() -> None:
 SWITCH_INTERVAL = 0.05
 
 
-def switch_interval() -> None:
+def switch_interval(worker: Any) -> None:
     """Let a thread keep the GIL for up to 50 ms before a waiting one forces a switch.
 
     A broadcast wakes the writer thread of every socket at once. With Python's
@@ -74,7 +74,14 @@ def switch_interval() -> None:
     costs them nothing; what it allows is a CPU-bound view holding the GIL for
     up to the interval while a message waits. ``TURBO_SWITCH_INTERVAL`` (seconds)
     changes it; ``0`` keeps Python's own.
+
+    Only for threaded workers: under gevent the writers are greenlets, which
+    never wait for the GIL, and there it measurably grew each idle socket's memory.
+
+    :param worker: the gunicorn worker (its class says whether it runs gevent).
     """
+    if "gevent" in type(worker).__module__:
+        return
     seconds = float(os.environ.get("TURBO_SWITCH_INTERVAL", SWITCH_INTERVAL))
     if seconds > 0:
         sys.setswitchinterval(seconds)
@@ -84,7 +91,7 @@ def post_worker_init(worker: Any) -> None:
     """Gunicorn's hook, run in each worker after it installed its signal handlers."""
     install_graceful_shutdown()
     batch_scheduling()
-    switch_interval()
+    switch_interval(worker)
 
 
 def worker_exit(server: Any, worker: Any) -> None:

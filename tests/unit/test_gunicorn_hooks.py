@@ -10,6 +10,17 @@ import pytest
 from app.turbo import gunicorn_hooks
 
 
+class ThreadWorker:
+    """Stands in for gunicorn's gthread worker (only its class's module matters)."""
+
+
+class GeventWorker:
+    """Stands in for gunicorn's gevent worker."""
+
+
+GeventWorker.__module__ = "gunicorn.workers.ggevent"
+
+
 @pytest.fixture(autouse=True)
 def kept_switch_interval() -> Iterator[None]:
     before = sys.getswitchinterval()
@@ -21,7 +32,7 @@ def test_the_worker_keeps_the_gil_longer_before_a_forced_switch(monkeypatch):
     monkeypatch.delenv("TURBO_SWITCH_INTERVAL", raising=False)
     sys.setswitchinterval(0.005)
 
-    gunicorn_hooks.switch_interval()
+    gunicorn_hooks.switch_interval(ThreadWorker())
 
     assert sys.getswitchinterval() == pytest.approx(gunicorn_hooks.SWITCH_INTERVAL)
 
@@ -29,15 +40,24 @@ def test_the_worker_keeps_the_gil_longer_before_a_forced_switch(monkeypatch):
 def test_the_switch_interval_can_be_set(monkeypatch):
     monkeypatch.setenv("TURBO_SWITCH_INTERVAL", "0.02")
 
-    gunicorn_hooks.switch_interval()
+    gunicorn_hooks.switch_interval(ThreadWorker())
 
     assert sys.getswitchinterval() == pytest.approx(0.02)
+
+
+def test_gevent_workers_keep_pythons_own(monkeypatch):
+    monkeypatch.delenv("TURBO_SWITCH_INTERVAL", raising=False)
+    sys.setswitchinterval(0.005)
+
+    gunicorn_hooks.switch_interval(GeventWorker())
+
+    assert sys.getswitchinterval() == pytest.approx(0.005)
 
 
 def test_zero_keeps_pythons_own(monkeypatch):
     monkeypatch.setenv("TURBO_SWITCH_INTERVAL", "0")
     sys.setswitchinterval(0.005)
 
-    gunicorn_hooks.switch_interval()
+    gunicorn_hooks.switch_interval(ThreadWorker())
 
     assert sys.getswitchinterval() == pytest.approx(0.005)

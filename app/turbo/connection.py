@@ -31,6 +31,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError
 
+from .handoff import is_gevent_socket
 from .message import SUBPROTOCOL, Cursor, Message
 from .outbox import HEARTBEAT, Outbox
 from .readers import SharedReader, readers
@@ -89,7 +90,7 @@ class TurboConnection(Server):  # type: ignore[misc]
         # page stays open.
         self.ws: Any = self.ws.connection
         self.environ: dict[str, Any] = {}
-        if send_timeout and type(self.sock).__module__.startswith("gevent"):
+        if send_timeout and is_gevent_socket(self.sock):
             # A gevent socket (gunicorn -k gevent, gevent's own server): the fd is
             # non-blocking and gevent waits for writability itself, so its socket
             # timeout is what bounds a send. The shared reader reads the raw socket

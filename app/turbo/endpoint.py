@@ -224,26 +224,22 @@ def _serve_websocket(state: TurboState, admission: Admission, held: ExitStack) -
     )
     replay = _replay(state, admission)
     sid = admission.sid
+    # The session's socket slot is held until the writer ends (later, under gevent).
+    slot = held.pop_all()
 
     def serve() -> None:
-        try:
-            reason = conn.serve(replay)
-        finally:
-            relay.detach(sub)
-        # No close was asked for, yet the writer stopped: it gave up on the peer.
-        _log_closed(sid, outbox, reason, gave_up=outbox.closing is None)
+        with slot:
+            try:
+                reason = conn.serve(replay)
+            finally:
+                relay.detach(sub)
+            # No close was asked for, yet the writer stopped: it gave up on the peer.
+            _log_closed(sid, outbox, reason, gave_up=outbox.closing is None)
 
     if lean is None:
         serve()
     else:
-        # The session's socket slot is released when the writer ends, not now.
-        slot = held.pop_all()
-
-        def serve_then_release() -> None:
-            with slot:
-                serve()
-
-        handoff.spawn(serve_then_release)
+        handoff.spawn(serve)
     return _WebSocketResponse(conn.mode)
 
 

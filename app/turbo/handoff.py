@@ -31,6 +31,14 @@ _writers: set[Any] = set()
 _all_done: Any = None
 
 
+def is_gevent_socket(sock: object) -> bool:
+    """Whether ``sock`` is gevent's (non-blocking underneath; gevent waits for it).
+
+    :param sock: a socket object.
+    """
+    return type(sock).__module__.startswith("gevent")
+
+
 def lean_environ(environ: dict[str, Any]) -> dict[str, Any] | None:
     """What a handed-off socket keeps of its environ, with its socket duplicated; else ``None``.
 
@@ -40,7 +48,7 @@ def lean_environ(environ: dict[str, Any]) -> dict[str, Any] | None:
     :param environ: the WSGI environ of the upgrade request.
     """
     sock = environ.get("gunicorn.socket")
-    if sock is None or not type(sock).__module__.startswith("gevent"):
+    if sock is None or not is_gevent_socket(sock):
         return None
     lean = {key: value for key, value in environ.items() if key.startswith("HTTP_")}
     lean["gunicorn.socket"] = sock.dup()

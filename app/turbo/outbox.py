@@ -62,6 +62,7 @@ _WAKE = _Control(None)
 
 #: A control event that means "time for a heartbeat ping" (see :meth:`Outbox.beat`).
 HEARTBEAT = object()
+_BEAT = _Control(HEARTBEAT)
 
 
 class Outbox:
@@ -131,7 +132,7 @@ class Outbox:
         One heartbeat thread per process beats every socket, so a writer waits
         without a timer of its own.
         """
-        self._queue.put(_Control(HEARTBEAT))
+        self._queue.put(_BEAT)
 
     def close(self, code: int | None, reason: str = "") -> None:
         """Ask the writer to close the socket; the first reason given wins.

@@ -123,6 +123,16 @@ def history_key(channel: str, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}:history:{_rest(channel, prefix)}"
 
 
+def clock_key(prefix: str = DEFAULT_PREFIX) -> str:
+    """Return the Redis key of the publish clock: the last history id handed out.
+
+    One per prefix, shared by every channel, so that ids order publishes across channels.
+
+    :param prefix: the channel namespace (``TURBO_CHANNEL_PREFIX``).
+    """
+    return f"{_check_prefix(prefix)}:clock"
+
+
 def label_for(channel: str, prefix: str = DEFAULT_PREFIX) -> str:
     """Return the short name clients use for a channel: ``s``, ``b``, ``u`` or ``t:<stream>``.
 

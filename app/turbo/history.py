@@ -2,13 +2,16 @@
 
 Publishing appends to the channel's history and publishes in one round trip (a
 Lua script: XADD, trim by count and age, PUBLISH ``"<id> <html>"``). Every
-message gets the stream entry's id (``<ms>-<seq>``), increasing per channel. A
+message gets the stream entry's id (``<ms>-<seq>``). The script picks it from a
+clock key shared by every channel of the prefix, so ids follow publish order
+across channels too: a replay that merges several channels sorts by id. A
 socket that connects or comes back with a position (the last id it has) gets
 what came after it from the history, then the live messages, with nothing twice.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -16,16 +19,52 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
+from .channels import DEFAULT_PREFIX, clock_key
+
+logger = logging.getLogger("turbocast.history")
+
 #: What a position is: a stream id as text, ``"0-0"`` meaning "from the start".
 START = "0-0"
 
-# KEYS[1] history key; ARGV: payload, max length, max age (ms), pub/sub channel.
+# KEYS[1] history key, KEYS[2] clock key (the last id handed out, any channel).
+# ARGV: payload, max length, max age (ms), pub/sub channel, the publish's token,
+# and "" on a first attempt or, on a retry, the ms from which the first attempt's
+# entry would be found. Returns {id, receivers} or, when a retry finds that the
+# first attempt landed, {its id, the channel's subscribers now, 1}.
+# The id is max(now, clock) with the next sequence. When the stream's top is
+# already above it (the clock key was lost: evicted, deleted), XADD refuses it;
+# XADD '*' then takes the next id above the top, and the clock moves up to that.
 _PUBLISH = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', 'd', ARGV[1])
-local now = redis.call('TIME')
-local oldest = (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)) - tonumber(ARGV[3])
+if ARGV[6] ~= '' then
+  local entries = redis.call('XRANGE', KEYS[1], ARGV[6], '+', 'COUNT', ARGV[2])
+  for _, entry in ipairs(entries) do
+    local fields = entry[2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'p' and fields[i + 1] == ARGV[5] then
+        return {entry[1], redis.call('PUBSUB', 'NUMSUB', ARGV[4])[2], 1}
+      end
+    end
+  end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ms, seq = now, 0
+local last = redis.call('GET', KEYS[2])
+if last then
+  local last_ms, last_seq = string.match(last, '^(%d+)-(%d+)$')
+  if last_ms and tonumber(last_ms) >= now then
+    ms, seq = tonumber(last_ms), tonumber(last_seq) + 1
+  end
+end
+local id = string.format('%d-%d', ms, seq)
+local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[2], id, 'd', ARGV[1], 'p', ARGV[5])
+if type(added) == 'table' and added.err then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', 'd', ARGV[1], 'p', ARGV[5])
+end
+redis.call('SET', KEYS[2], id)
+local oldest = now - tonumber(ARGV[3])
 if oldest > 0 then
-  redis.call('XTRIM', KEYS[1], 'MINID', tostring(oldest))
+  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', oldest))
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 local receivers = redis.call('PUBLISH', ARGV[4], id .. ' ' .. ARGV[1])
@@ -58,14 +97,24 @@ class History:
     :param client: the Redis client.
     :param maxlen: how many messages each channel keeps at most.
     :param max_age: how many seconds a message is kept; also the key's time to live.
+    :param prefix: the channel namespace (``TURBO_CHANNEL_PREFIX``); names the clock key
+        that orders publishes across its channels.
     """
 
-    def __init__(self, client: redis.Redis, maxlen: int = 1000, max_age: float = 3600.0) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        maxlen: int = 1000,
+        max_age: float = 3600.0,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
         if maxlen < 1 or max_age <= 0:
             raise ValueError("history needs maxlen >= 1 and max_age > 0")
         self.client = client
         self.maxlen = maxlen
         self.max_age_ms = int(max_age * 1000)
+        self.clock_key = clock_key(prefix)
         self._script = client.register_script(_PUBLISH)
         # Publishing is every push's hot path: it runs the script on connections of
         # its own, made by the client's pool (so every URL option applies), without
@@ -75,23 +124,48 @@ class History:
         self._idle: list[Any] = []
         self._pid = os.getpid()
 
-    def publish(self, key: str, channel: str, payload: bytes) -> tuple[str, int]:
+    def publish(
+        self,
+        key: str,
+        channel: str,
+        payload: bytes,
+        *,
+        token: bytes | None = None,
+        retry_from_ms: int | None = None,
+    ) -> tuple[str, int]:
         """Append to the history and publish, in one round trip.
 
         :param key: the channel's history key.
         :param channel: the pub/sub channel.
         :param payload: the message (UTF-8 HTML).
+        :param token: this publish's own id, stored with the entry (random when not
+            given); a retry passes the first attempt's.
+        :param retry_from_ms: only on a retry: a time (ms since the epoch) before the
+            first attempt began. An entry since then carrying ``token`` means the first
+            attempt landed and only its reply was lost: nothing is appended or published
+            again, and its id is returned with the channel's current number of
+            subscribers (``PUBSUB NUMSUB``), since how many got it then is unknown.
         :returns: the message's id and how many subscribers (web processes) got it.
         """
-        args = (payload, self.maxlen, self.max_age_ms, channel)
+        if token is None:
+            if retry_from_ms is not None:
+                raise ValueError("a retry needs the first attempt's token")
+            token = os.urandom(16)
+        since = "" if retry_from_ms is None else str(max(0, retry_from_ms))
+        keys = (key, self.clock_key)
+        args = (payload, self.maxlen, self.max_age_ms, channel, token, since)
         if self._pool is None:
-            result = self._script(keys=[key], args=list(args))
+            result = self._script(keys=list(keys), args=list(args))
         else:
-            result = self._run_script(key, args)
-        message_id, receivers = result
-        return _text(message_id), int(receivers)
+            result = self._run_script(keys, args)
+        if len(result) > 2:
+            logger.info(
+                "turbocast: the retried publish had landed; not sent again",
+                extra={"turbo_channel": channel, "turbo_id": _text(result[0])},
+            )
+        return _text(result[0]), int(result[1])
 
-    def _run_script(self, key: str, args: tuple[Any, ...]) -> Any:
+    def _run_script(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
         if self._pid != os.getpid():
             # A forked child (a Celery prefork worker) must not share its parent's sockets.
             self._idle, self._pid = [], os.getpid()
@@ -101,11 +175,11 @@ class History:
             conn = self._pool.make_connection()
         try:
             try:
-                conn.send_command("EVALSHA", self._script.sha, 1, key, *args)
+                conn.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
                 result = conn.read_response()
             except NoScriptError:
                 # Redis restarted (or flushed its scripts): send the body; it is cached again.
-                conn.send_command("EVAL", _PUBLISH, 1, key, *args)
+                conn.send_command("EVAL", _PUBLISH, len(keys), *keys, *args)
                 result = conn.read_response()
         except redis.ResponseError:
             self._idle.append(conn)  # the reply was read whole: the connection is fine
@@ -144,17 +218,81 @@ class History:
         :param key: the channel's history key.
         :param position: the last id the reader has (``"0-0"``: it has nothing).
         :returns: ``(entries, gap)``: ``[(id, payload), ...]`` oldest first. ``gap`` is
-            true when the reader's own last message is no longer in the history
-            (trimmed, expired, or Redis lost it): then messages after it may be gone
-            too, and the reader cannot be brought up to date message by message.
+            true when messages published after ``position`` may be missing, so the
+            reader cannot be brought up to date message by message: the reader's own
+            last entry is gone (trimmed, expired, or Redis lost the history), or, for a
+            reader at ``"0-0"`` (a page rendered while its channel was empty), anything
+            was ever trimmed from this history.
         """
-        after = format_id(parse_id(position))
-        pipe = self.client.pipeline(transaction=False)
-        pipe.xrange(key, min=f"({after}", max="+", count=self.maxlen + 1)
-        pipe.xrange(key, min=after, max=after)
-        found, own = pipe.execute()
-        entries = [(_text(i), fields[b"d"]) for i, fields in found]
-        return entries, after != START and not own
+        return self.since_many([(key, position)])[0]
+
+    def since_many(
+        self, reads: Sequence[tuple[str, str]]
+    ) -> list[tuple[list[tuple[str, bytes]], bool]]:
+        """:meth:`since` for several histories, read as one snapshot in one round trip.
+
+        One transaction (MULTI/EXEC): no publish falls between the reads of two
+        histories, so a replay merged from them is what a reader would have seen
+        live up to one moment, and what comes live afterwards is all newer.
+
+        :param reads: ``(key, position)`` pairs.
+        :returns: ``(entries, gap)`` for each pair, in order.
+        """
+        if not reads:
+            return []
+        pipe = self.client.pipeline(transaction=True)
+        for key, position in reads:
+            after = format_id(parse_id(position))
+            # XINFO comes last: if it says nothing was deleted, nothing had been when
+            # the ranges were read either, so they are whole.
+            pipe.xrange(key, min=f"({after}", max="+", count=self.maxlen + 1)
+            pipe.xrange(key, min=after, max=after)
+            pipe.xinfo_stream(key)
+        replies = pipe.execute(raise_on_error=False)
+        results = []
+        for index, (_, position) in enumerate(reads):
+            found, own, info = replies[3 * index : 3 * index + 3]
+            results.append(_read(format_id(parse_id(position)), found, own, info))
+        return results
+
+
+def _read(after: str, found: Any, own: Any, info: Any) -> tuple[list[tuple[str, bytes]], bool]:
+    """One history's entries after ``after`` and its gap, from the three replies read."""
+    for reply in (found, own):
+        if isinstance(reply, Exception):
+            raise reply
+    if isinstance(info, Exception):
+        if "no such key" not in str(info).lower():
+            raise info
+        # No history at all: lost (expired, or Redis lost its data) unless the
+        # reader had nothing, in which case nothing was ever there for it.
+        return [], after != START
+    entries = [(_text(i), fields[b"d"]) for i, fields in found]
+    return entries, _gap(parse_id(after), bool(own), info)
+
+
+def _gap(position: tuple[int, int], own: bool, info: Any) -> bool:
+    """Whether a reader at ``position`` may have missed entries of a stream that exists.
+
+    :param position: the reader's last id (``(0, 0)``: it has nothing).
+    :param own: whether the entry at ``position`` is still in the stream.
+    :param info: the stream's ``XINFO STREAM``.
+    """
+    # Redis 7 counts every entry ever added, and remembers the newest one XDEL took;
+    # trimming (by MAXLEN or MINID) shows only in the count.
+    added = _field(info, "entries-added")
+    if position == (0, 0):
+        # Everything in this stream came after the reader's page: was any of it trimmed?
+        return added is not None and int(added) > int(_field(info, "length") or 0)
+    # The reader's entry is gone: trimmed (and perhaps what followed it; a history
+    # does not say which ids it trimmed), or the stream expired and began afresh.
+    deleted = _field(info, "max-deleted-entry-id")
+    return not own or (deleted is not None and parse_id(deleted) > position)
+
+
+def _field(info: Any, name: str) -> Any:
+    """A field of ``XINFO STREAM`` as redis-py parses it (``None`` before Redis 7)."""
+    return info.get(name, info.get(name.encode()))
 
 
 def _text(value: Any) -> str:

@@ -4,11 +4,17 @@ A :class:`Publisher` only writes: it never subscribes and starts no thread, so
 a Celery worker, a script or a web view use it alike, with or without a Flask
 app. Each message is one Redis round trip: a script appends it to the channel's
 history (bounded by count and age) and publishes it with its id.
+
+A publish that loses its connection is retried once. Each publish carries a
+random token of its own, stored with its history entry, so a retry whose first
+attempt did reach Redis (only the reply was lost) finds it and sends nothing twice.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from typing import Any
 
 import redis
@@ -33,6 +39,11 @@ logger = logging.getLogger("turbocast.publisher")
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 DEFAULT_HISTORY_MAXLEN = 1000
 DEFAULT_HISTORY_SECONDS = 3600.0
+DEFAULT_TIMEOUT = 5.0
+
+# A retry looks for its first attempt's entry from this long before that attempt
+# began: ids come from Redis's clock, which may be a little behind this host's.
+_RETRY_SLACK_MS = 10_000
 
 
 class Publisher:
@@ -51,6 +62,10 @@ class Publisher:
         (``TURBO_HISTORY_MAXLEN``); every publisher of an app must agree on it.
     :param history_seconds: how long a message stays in the history
         (``TURBO_HISTORY_SECONDS``).
+    :param timeout: seconds to wait for Redis to accept a connection, and then for each
+        reply, before the attempt counts as failed (and is retried once); so a publish to
+        an unresponsive Redis raises :class:`PublishError` after about twice this.
+        Ignored when ``client`` is given.
     """
 
     def __init__(
@@ -62,18 +77,24 @@ class Publisher:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         history_maxlen: int = DEFAULT_HISTORY_MAXLEN,
         history_seconds: float = DEFAULT_HISTORY_SECONDS,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         if client is None:
             if not redis_url:
                 raise PublishError("no Redis to publish to: pass redis_url or client")
+            if timeout <= 0:
+                raise ValueError("the publisher's timeout must be above zero")
             # One retry is ours (see _publish); redis-py's own would stack on top of it.
             client = redis.Redis.from_url(
-                redis_url, socket_connect_timeout=5, socket_timeout=10, retry=Retry(NoBackoff(), 0)
+                redis_url,
+                socket_connect_timeout=timeout,
+                socket_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
             )
         self.client = client
         self.prefix = prefix
         self.max_message_bytes = max_message_bytes
-        self.history = History(client, history_maxlen, history_seconds)
+        self.history = History(client, history_maxlen, history_seconds, prefix=prefix)
 
     def to_session(self, session_id: str, *streams: Any) -> int:
         """Send streams to every socket of one browser session.
@@ -118,7 +139,10 @@ class Publisher:
         :param channel: the channel name.
         :param streams: ``TurboStream`` objects, sent together as one message.
         :raises MessageTooLargeError: when the message exceeds ``max_message_bytes``.
-        :raises PublishError: when Redis refused it twice.
+        :raises PublishError: when Redis refused it, or could not be reached twice.
+        :returns: how many web processes received it. When the first attempt's reply was
+            lost but the message had landed, the retry does not send it again and returns
+            how many are subscribed to the channel now.
         """
         payload = self.encode(*streams)
         return self._publish(channel, payload)
@@ -137,13 +161,12 @@ class Publisher:
             )
         return payload
 
-    def _send(self, channel: str, payload: bytes) -> int:
-        _, receivers = self.history.publish(history_key(channel, self.prefix), channel, payload)
-        return receivers
-
     def _publish(self, channel: str, payload: bytes) -> int:
+        key = history_key(channel, self.prefix)
+        token = os.urandom(16)
+        started_ms = int(time.time() * 1000)
         try:
-            return self._send(channel, payload)
+            return self.history.publish(key, channel, payload, token=token)[1]
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # A dropped connection or a Redis restart: one more try on a fresh connection.
             logger.warning(
@@ -153,7 +176,10 @@ class Publisher:
         except redis.RedisError as exc:
             raise self._failed(channel, exc) from exc
         try:
-            return self._send(channel, payload)
+            # Only the retry looks for the first attempt's entry: it may have landed.
+            return self.history.publish(
+                key, channel, payload, token=token, retry_from_ms=started_ms - _RETRY_SLACK_MS
+            )[1]
         except redis.RedisError as exc:
             raise self._failed(channel, exc) from exc
 

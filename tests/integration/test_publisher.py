@@ -47,6 +47,7 @@ def test_publish_appends_to_the_history_and_publishes_with_the_id(
     [(entry_id, fields)] = redis_client.xrange(history_key(CHANNEL))
     assert entry_id == message_id
     assert fields[b"d"] == html
+    assert len(fields[b"p"]) == 16  # the publish's own token, for a retry to find
 
 
 def test_publishing_reuses_one_connection_when_sequential(publisher, redis_client):

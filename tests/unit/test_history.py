@@ -2,18 +2,86 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+import redis
 
 from app.turbo.history import START, History, format_id, parse_id
-from tests.unit.fake_streams import FakeStreamsRedis, payload_of
+from tests.unit.fake_streams import FakePipeline, FakeStreamsRedis, payload_of
 
 KEY = "turbo:history:broadcast"
 OTHER = "turbo:history:session:abcdefghijklmnop"
 
 
+class FakeInfoPipeline(FakePipeline):
+    """The shared fake's pipeline, plus ``XINFO STREAM`` and ``raise_on_error``."""
+
+    client: FakeHistoryRedis
+
+    def xinfo_stream(self, name: str):
+        def run() -> object:
+            if name not in self.client.streams:
+                return redis.ResponseError("no such key")
+            info: dict[str, object] = {"length": len(self.client.streams[name])}
+            if self.client.redis_7:
+                info["entries-added"] = self.client.added.get(name, 0)
+                info["max-deleted-entry-id"] = self.client.max_deleted.get(name, b"0-0")
+            return info
+
+        self.queued.append(run)
+        return self
+
+    def xrange(self, name: str, min: str = "-", max: str = "+", count: int | None = None):
+        if name in self.client.wrong_type:
+            self.queued.append(lambda: redis.ResponseError("WRONGTYPE not a stream"))
+            return self
+        return super().xrange(name, min=min, max=max, count=count)
+
+    def execute(self, raise_on_error: bool = True) -> list[object]:
+        results = super().execute()
+        errors = [r for r in results if isinstance(r, Exception)]
+        if raise_on_error and errors:
+            raise errors[0]
+        return results
+
+
+class FakeHistoryRedis(FakeStreamsRedis):
+    """Streams that count what was ever added and remember XDEL's newest, as Redis 7 does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.added: dict[str, int] = {}
+        self.max_deleted: dict[str, bytes] = {}
+        self.redis_7 = True  # False: a Redis before 7.0, whose XINFO says neither
+        self.wrong_type: set[str] = set()  # keys that hold something else than a stream
+
+    def add(self, key: str, *ids: str) -> None:
+        super().add(key, *ids)
+        self.added[key] = self.added.get(key, 0) + len(ids)
+
+    def pipeline(self, transaction: bool = True) -> FakeInfoPipeline:
+        return FakeInfoPipeline(self)
+
+    def trim(self, key: str, count: int) -> None:
+        """Delete the ``count`` oldest entries, as MAXLEN or MINID trimming does."""
+        self.streams[key] = self.streams[key][count:]
+
+    def xdel(self, key: str, entry_id: str) -> None:
+        self.streams[key] = [e for e in self.streams[key] if e[0] != entry_id.encode()]
+        self.max_deleted[key] = max(
+            self.max_deleted.get(key, b"0-0"), entry_id.encode(), key=lambda i: parse_id(i)
+        )
+
+    def drop(self, key: str) -> None:
+        """The key expires (or Redis loses it): its counts go with it."""
+        for table in (self.streams, self.added, self.max_deleted):
+            table.pop(key, None)  # type: ignore[attr-defined]
+
+
 @pytest.fixture
-def client() -> FakeStreamsRedis:
-    return FakeStreamsRedis()
+def client() -> FakeHistoryRedis:
+    return FakeHistoryRedis()
 
 
 @pytest.fixture
@@ -60,17 +128,69 @@ def test_history_refuses_a_length_below_one_or_an_age_not_above_zero(client, max
         History(client, maxlen=maxlen, max_age=max_age)  # type: ignore[arg-type]
 
 
-def test_publish_runs_the_script_once_with_key_payload_limits_and_channel(client):
+def test_publish_runs_the_script_once_with_keys_payload_limits_channel_and_a_token(client):
     history = History(client, maxlen=50, max_age=2.5)  # type: ignore[arg-type]
     client.script_result = [b"1700000000000-4", 3]
 
     result = history.publish(KEY, "turbo:broadcast", b"<turbo-stream></turbo-stream>")
 
     assert result == ("1700000000000-4", 3)
-    assert client.script_calls == [
-        ([KEY], [b"<turbo-stream></turbo-stream>", 50, 2500, "turbo:broadcast"])
-    ]
-    assert "XADD" in client.scripts[0] and "PUBLISH" in client.scripts[0]
+    [(keys, args)] = client.script_calls
+    # The history and the clock that orders ids across channels: every key it touches.
+    assert keys == [KEY, "turbo:clock"]
+    payload, maxlen, max_age_ms, channel, token, retry_from = args
+    assert (payload, maxlen, max_age_ms, channel) == (
+        b"<turbo-stream></turbo-stream>",
+        50,
+        2500,
+        "turbo:broadcast",
+    )
+    assert isinstance(token, bytes) and len(token) == 16
+    assert retry_from == ""  # a first attempt: no lookup
+    script = client.scripts[0]
+    assert "XADD" in script and "PUBLISH" in script and "KEYS[2]" in script
+
+
+def test_each_publish_gets_a_token_of_its_own(client, history):
+    history.publish(KEY, "turbo:broadcast", b"a")
+    history.publish(KEY, "turbo:broadcast", b"a")
+
+    first, second = (args[4] for _, args in client.script_calls)
+    assert first != second
+
+
+def test_the_clock_key_follows_the_prefix(client):
+    history = History(client, prefix="shop")  # type: ignore[arg-type]
+
+    history.publish("shop:history:broadcast", "shop:broadcast", b"x")
+
+    assert client.script_calls[0][0] == ["shop:history:broadcast", "shop:clock"]
+
+
+def test_a_retry_passes_the_first_attempts_token_and_where_to_look_from(client, history):
+    history.publish(KEY, "turbo:broadcast", b"x", token=b"t" * 16, retry_from_ms=1700000000000)
+
+    [(_, args)] = client.script_calls
+    assert args[4:] == [b"t" * 16, "1700000000000"]
+
+
+def test_a_retry_without_the_first_attempts_token_is_refused(client, history):
+    with pytest.raises(ValueError, match="token"):
+        history.publish(KEY, "turbo:broadcast", b"x", retry_from_ms=1)
+
+    assert client.script_calls == []
+
+
+def test_a_retry_that_found_its_first_attempt_returns_it_and_says_so(client, history, caplog):
+    client.script_result = [b"1700000000000-4", 2, 1]  # the script's "it had landed" reply
+
+    with caplog.at_level(logging.INFO, logger="turbocast.history"):
+        result = history.publish(
+            KEY, "turbo:broadcast", b"x", token=b"t" * 16, retry_from_ms=1700000000000
+        )
+
+    assert result == ("1700000000000-4", 2)
+    assert "had landed" in caplog.text
 
 
 # -- History.positions ---------------------------------------------------------------------
@@ -113,8 +233,8 @@ def test_since_the_newest_id_returns_nothing_and_no_gap(client, history):
     assert history.since(KEY, "1701-0") == ([], False)
 
 
-def test_since_start_returns_the_whole_history_and_is_never_a_gap(client, history):
-    client.add(KEY, "1700-5", "1701-0")  # older entries were trimmed: the reader had none
+def test_since_start_returns_the_whole_history_when_nothing_was_deleted(client, history):
+    client.add(KEY, "1700-5", "1701-0")
 
     entries, gap = history.since(KEY, START)
 
@@ -122,12 +242,24 @@ def test_since_start_returns_the_whole_history_and_is_never_a_gap(client, histor
     assert gap is False
 
 
-def test_since_start_on_an_empty_history_is_nothing_and_no_gap(history):
+def test_since_start_after_entries_were_trimmed_is_a_gap_with_what_is_left(client, history):
+    # The page rendered while the channel was empty, then more came than it keeps.
+    client.add(KEY, "1700-0", "1700-1", "1700-5", "1701-0")
+    client.trim(KEY, 2)
+
+    entries, gap = history.since(KEY, START)
+
+    assert [i for i, _ in entries] == ["1700-5", "1701-0"]
+    assert gap is True
+
+
+def test_since_start_on_an_absent_history_is_nothing_and_no_gap(history):
     assert history.since(KEY, START) == ([], False)
 
 
 def test_since_a_trimmed_position_reports_a_gap_with_what_is_left(client, history):
-    client.add(KEY, "1700-5", "1701-0")  # "1700-1" was trimmed away
+    client.add(KEY, "1700-1", "1700-3", "1700-5", "1701-0")
+    client.trim(KEY, 2)  # "1700-1", the reader's, and "1700-3", after it, are gone
 
     entries, gap = history.since(KEY, "1700-1")
 
@@ -135,9 +267,87 @@ def test_since_a_trimmed_position_reports_a_gap_with_what_is_left(client, histor
     assert gap is True
 
 
-def test_since_a_position_in_an_emptied_history_is_a_gap(history):
+def test_since_a_position_that_was_itself_the_last_trimmed_is_a_gap_to_be_safe(client, history):
+    # Whether "1700-3" went too or only the reader's own entry, the history cannot say.
+    client.add(KEY, "1700-0", "1700-1", "1700-5", "1701-0")
+    client.trim(KEY, 2)
+
+    assert history.since(KEY, "1700-1")[1] is True
+
+
+def test_since_a_position_after_what_was_trimmed_is_no_gap(client, history):
+    client.add(KEY, "1700-0", "1700-1", "1700-5", "1701-0")
+    client.trim(KEY, 1)
+
+    assert history.since(KEY, "1700-5") == ([("1701-0", payload_of("1701-0"))], False)
+
+
+def test_since_a_position_before_an_entry_deleted_by_hand_is_a_gap(client, history):
+    client.add(KEY, "1700-0", "1700-1", "1700-5", "1701-0")
+    client.xdel(KEY, "1700-5")
+
+    entries, gap = history.since(KEY, "1700-1")
+
+    assert [i for i, _ in entries] == ["1701-0"]
+    assert gap is True
+
+
+def test_since_a_position_after_an_entry_deleted_by_hand_is_no_gap(client, history):
+    client.add(KEY, "1700-0", "1700-1", "1700-5", "1701-0")
+    client.xdel(KEY, "1700-1")
+
+    assert history.since(KEY, "1700-5") == ([("1701-0", payload_of("1701-0"))], False)
+
+
+def test_since_a_position_in_an_absent_history_is_a_gap(history):
     # Expired, or a Redis that lost its data: the reader's last message is not there.
     assert history.since(KEY, "1700-1") == ([], True)
+
+
+def test_since_a_position_in_a_history_made_afresh_since_is_a_gap(client, history):
+    # The old stream expired with the reader's entry and those after it; a new one
+    # began, its counts fresh: the reader's entry is gone, and that is the sign.
+    client.add(KEY, "1700-1", "1700-2")
+    client.drop(KEY)
+    client.add(KEY, "1900-0")
+
+    assert history.since(KEY, "1700-1") == ([("1900-0", payload_of("1900-0"))], True)
+
+
+def test_since_start_in_a_history_made_afresh_is_no_gap(client, history):
+    client.add(KEY, "1700-1")
+    client.trim(KEY, 1)
+    client.drop(KEY)
+    client.add(KEY, "1900-0")
+
+    assert history.since(KEY, START) == ([("1900-0", payload_of("1900-0"))], False)
+
+
+@pytest.mark.parametrize(
+    ("position", "own", "trimmed", "gap"),
+    [
+        ("1700-1", True, False, False),
+        ("1700-1", False, True, True),
+        (START, False, False, False),
+        (START, False, True, False),  # it cannot tell: no gap, as before
+    ],
+)
+def test_since_on_a_redis_before_7_goes_by_the_readers_own_entry(
+    client, history, position, own, trimmed, gap
+):
+    client.redis_7 = False
+    client.add(KEY, "1699-0", *(["1700-1"] if own else []), "1701-0")
+    if trimmed:
+        client.trim(KEY, 1)
+
+    assert history.since(KEY, position)[1] is gap
+
+
+def test_since_reports_an_error_other_than_a_missing_key(client, history):
+    client.wrong_type.add(KEY)
+
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        history.since(KEY, "1700-0")
 
 
 def test_since_normalizes_a_position_without_a_sequence(client, history):
@@ -160,5 +370,6 @@ def test_since_takes_one_round_trip(client, history):
 def test_since_reads_only_its_own_channel(client, history):
     client.add(KEY, "1700-0")
     client.add(OTHER, "1700-1", "1700-2")
+    client.trim(OTHER, 1)
 
     assert history.since(KEY, START) == ([("1700-0", payload_of("1700-0"))], False)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 import redis
 from markupsafe import Markup
 
 from app.turbo.errors import InvalidStreamError, MessageTooLargeError, PublishError
-from app.turbo.publisher import DEFAULT_MAX_MESSAGE_BYTES, Publisher
+from app.turbo.publisher import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, Publisher
 from app.turbo.streams import TurboStream
 
 SID = "abcdefghijklmnopqrstuvwxyzABCDEF"
@@ -22,10 +23,12 @@ class FakeClient:
         self.outcomes = list(outcomes)
         self.published: list[tuple[str, bytes]] = []
         self.history_keys: list[str] = []
+        self.calls: list[tuple[list[str], list[object]]] = []
         self.closed = False
 
     def register_script(self, script: str):
-        # The publish script: KEYS=[history key], ARGV=[payload, maxlen, max age ms, channel].
+        # The publish script: KEYS=[history key, clock key],
+        # ARGV=[payload, maxlen, max age ms, channel, token, retry-from ms or ""].
         self.script = script
         return self._run
 
@@ -33,6 +36,7 @@ class FakeClient:
         channel, payload = str(args[3]), args[0]
         self.published.append((channel, payload))  # type: ignore[arg-type]
         self.history_keys.append(keys[0])
+        self.calls.append((keys, args))
         outcome = self.outcomes.pop(0) if self.outcomes else 1
         if isinstance(outcome, BaseException):
             raise outcome
@@ -199,6 +203,34 @@ def test_a_dropped_connection_is_retried_once(error, caplog):
     assert warnings[0].turbo_channel == f"turbo:session:{SID}"
 
 
+def test_the_retry_carries_the_first_attempts_token_and_only_it_looks_for_it():
+    client = FakeClient(redis.ConnectionError("reply lost"), 1)
+    publisher = Publisher(client=client)  # type: ignore[arg-type]
+    before_ms = int(time.time() * 1000)
+
+    publisher.to_all(stream())
+
+    (_, first), (_, retry) = client.calls
+    assert first[5] == ""  # the first attempt pays for no lookup
+    assert isinstance(first[4], bytes) and len(first[4]) == 16
+    assert retry[4] == first[4]  # the same publish: the same token
+    # It looks from a few seconds before the first attempt began (Redis's clock may lag).
+    assert before_ms - 60_000 < int(retry[5]) <= before_ms
+
+
+def test_each_publish_has_its_own_token(publisher, client):
+    publisher.to_all(stream())
+    publisher.to_all(stream())
+
+    assert client.calls[0][1][4] != client.calls[1][1][4]
+
+
+def test_the_clock_key_is_named_by_the_prefix(client):
+    Publisher(client=client, prefix="shop").to_all(stream())  # type: ignore[arg-type]
+
+    assert client.calls[0][0] == ["shop:history:broadcast", "shop:clock"]
+
+
 def test_two_dropped_connections_raise_publish_error_chained_to_the_last(caplog):
     last = redis.ConnectionError("still down")
     client = FakeClient(redis.ConnectionError("down"), last)
@@ -232,6 +264,45 @@ def test_a_response_error_is_not_retried(caplog):
     assert info.value.__cause__ is refused
     assert len(client.published) == 1
     assert [r.levelno for r in caplog.records] == [logging.ERROR]
+
+
+class _FromUrl:
+    """Records what a publisher asks ``redis.Redis.from_url`` for."""
+
+    def __init__(self) -> None:
+        self.kwargs: dict[str, object] = {}
+
+    def __call__(self, url: str, **kwargs: object) -> FakeClient:
+        self.kwargs = kwargs
+        return FakeClient()
+
+
+def test_the_timeout_bounds_connecting_and_every_reply(monkeypatch):
+    from_url = _FromUrl()
+    monkeypatch.setattr(redis.Redis, "from_url", from_url)
+
+    Publisher("redis://example:6379/0", timeout=0.5)
+
+    assert from_url.kwargs["socket_timeout"] == 0.5
+    assert from_url.kwargs["socket_connect_timeout"] == 0.5
+    # One retry is the publisher's own: redis-py must not add its own on top.
+    assert from_url.kwargs["retry"].get_retries() == 0
+
+
+def test_the_default_timeout_is_five_seconds(monkeypatch):
+    from_url = _FromUrl()
+    monkeypatch.setattr(redis.Redis, "from_url", from_url)
+
+    Publisher("redis://example:6379/0")
+
+    assert DEFAULT_TIMEOUT == 5.0
+    assert from_url.kwargs["socket_timeout"] == from_url.kwargs["socket_connect_timeout"] == 5.0
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0])
+def test_a_timeout_not_above_zero_is_refused(timeout):
+    with pytest.raises(ValueError, match="timeout"):
+        Publisher("redis://example:6379/0", timeout=timeout)
 
 
 def test_publisher_without_url_or_client_is_refused():

@@ -17,8 +17,10 @@ as strings otherwise. ``create_app(test_config)`` overrides both.
 ``TURBO_REDIS_URL``            A separate Redis for the push channels (default: REDIS_URL).
 ``TURBO_WEBSOCKET_ROUTE``      Path of the WebSocket endpoint (``/turbo-stream``).
 ``TURBO_CHANNEL_PREFIX``       Namespace of the Redis channels (``turbo``).
-``TURBO_OUTBOX_SIZE``          Messages that may wait for one slow socket before it is
-                               closed with code 4001 (256).
+``TURBO_OUTBOX_BYTES``         Bytes of messages that may wait for one slow socket before
+                               it is closed with code 4001 (1 MiB).
+``TURBO_REDIS_TIMEOUT``        Seconds any Redis call from a request or the relay may take;
+                               a handshake Redis does not serve in time gets 503 (5).
 ``TURBO_PING_INTERVAL``        Seconds between heartbeat pings; 0 turns them off (25).
 ``TURBO_SEND_TIMEOUT``         Seconds one write to a socket may block before the peer is
                                dropped as stuck (30; threads mode only).

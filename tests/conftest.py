@@ -11,6 +11,7 @@ import redis
 
 from app.embedded_redis import EmbeddedRedis
 from app.turbo import Publisher
+from tests.support import Certificates
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,3 +52,9 @@ def publisher(redis_url: str) -> Iterator[Publisher]:
     pub = Publisher(redis_url)
     yield pub
     pub.close()
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A throwaway CA and a certificate for 127.0.0.1, for the servers that speak TLS."""
+    return Certificates.make(tmp_path_factory.mktemp("tls"))

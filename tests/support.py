@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import simple_websocket
+import trustme
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 from wsproto import ConnectionType, WSConnection
@@ -94,6 +96,42 @@ class ManagedProcess:
 
 
 @dataclass
+class Certificates:
+    """A throwaway CA and a certificate for 127.0.0.1 and localhost, as PEM files."""
+
+    ca: trustme.CA
+    cert: Path
+    key: Path
+
+    @classmethod
+    def make(cls, directory: Path) -> Certificates:
+        ca = trustme.CA()
+        leaf = ca.issue_cert("127.0.0.1", "localhost")
+        cert, key = directory / "cert.pem", directory / "key.pem"
+        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))  # leaf first
+        leaf.private_key_pem.write_to_path(str(key))
+        return cls(ca, cert, key)
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context that trusts this CA."""
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+
+def http_connection(
+    base_url: str, context: ssl.SSLContext | None = None, timeout: float = 5.0
+) -> http.client.HTTPConnection:
+    """A connection to ``base_url``'s host: HTTPS, trusting ``context``, for https://."""
+    parts = urlsplit(base_url)
+    if parts.scheme == "https":
+        return http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=timeout, context=context
+        )
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+
+
+@dataclass
 class WebServer(ManagedProcess):
     """A real gunicorn serving ``app:create_app()`` in its own process."""
 
@@ -104,22 +142,32 @@ class WebServer(ManagedProcess):
     port: int = 0
     #: gunicorn's worker class: ``gthread`` (the default serving mode) or ``gevent``.
     worker_class: str = "gthread"
+    #: With certificates gunicorn ends TLS itself (``--certfile``): https:// and wss://.
+    certificates: Certificates | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.certificates else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/turbo-stream"
+        scheme = "wss" if self.certificates else "ws"
+        return f"{scheme}://127.0.0.1:{self.port}/turbo-stream"
+
+    def client_context(self) -> ssl.SSLContext | None:
+        """A client context that trusts the server's certificate; ``None`` without TLS."""
+        return self.certificates.client_context() if self.certificates else None
 
     def start(self, log_dir: Path) -> WebServer:
         self.port = self.port or free_port()
+        tls = self.certificates
         self._spawn(
             [
                 sys.executable, "-m", "gunicorn",
                 "-c", "python:app.turbo.gunicorn_hooks",
                 "--bind", f"127.0.0.1:{self.port}",
+                *(["--certfile", str(tls.cert), "--keyfile", str(tls.key)] if tls else []),
                 "--workers", str(self.workers),
                 "--threads", str(self.threads),
                 "--worker-class", self.worker_class,
@@ -128,15 +176,15 @@ class WebServer(ManagedProcess):
                 "--no-control-socket",
                 "app:create_app()",
             ],
-            log_dir / f"gunicorn-{self.port}.log",
+            log_dir / f"gunicorn-{'tls-' if tls else ''}{self.port}.log",
             {"REDIS_URL": self.redis_url, **self.env},
         )  # fmt: skip
-        wait_for(self._answers, timeout=30, what=f"gunicorn on port {self.port}")
+        wait_for(self._answers, timeout=30, what=f"gunicorn on {self.base_url}")
         return self
 
     def _answers(self) -> bool:
         self._check_running()
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        conn = http_connection(self.base_url, self.client_context(), timeout=2)
         try:
             conn.request("GET", "/")
             return conn.getresponse().status == 200
@@ -146,10 +194,12 @@ class WebServer(ManagedProcess):
             conn.close()
 
 
-def open_session(base_url: str) -> str:
-    """GET the home page as a new browser would; return the ``Cookie`` header to send back."""
-    parts = urlsplit(base_url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+def open_session(base_url: str, context: ssl.SSLContext | None = None) -> str:
+    """GET the home page as a new browser would; return the ``Cookie`` header to send back.
+
+    :param context: for an https:// ``base_url``, the client context that trusts its server.
+    """
+    conn = http_connection(base_url, context)
     try:
         conn.request("GET", "/")
         response = conn.getresponse()
@@ -181,6 +231,20 @@ def forge_cookie(data: dict[str, Any], secret_key: str) -> str:
     return f"session={serializer.dumps(data)}"
 
 
+class Client(simple_websocket.Client):  # type: ignore[misc]
+    """simple-websocket's client, taking the frames that came with the 101 too.
+
+    Its handshake takes only the first event from what it read, the 101; frames
+    that arrived in the same read (the server sends a replay right after the 101)
+    stay in wsproto's buffer until more bytes come. A browser reads them at once;
+    so does this client.
+    """
+
+    def handshake(self) -> None:
+        super().handshake()
+        self.connected = self._handle_events()
+
+
 def connect(ws_url: str, cookie: str | None, origin: str | None = None) -> simple_websocket.Client:
     """Open a real WebSocket to the stream endpoint (raises ConnectionError when refused)."""
     headers = {}
@@ -188,7 +252,7 @@ def connect(ws_url: str, cookie: str | None, origin: str | None = None) -> simpl
         headers["Cookie"] = cookie
     if origin:
         headers["Origin"] = origin
-    return simple_websocket.Client.connect(ws_url, headers=headers)
+    return Client.connect(ws_url, headers=headers)
 
 
 def handshake_status(ws_url: str, cookie: str | None, origin: str | None = None) -> int:
@@ -420,7 +484,7 @@ class ResumingClient:
         return f"{self.base}?{urlencode(self.query + since)}"
 
     def connect(self) -> ResumingClient:
-        self.ws = simple_websocket.Client.connect(
+        self.ws = Client.connect(
             self.url(), subprotocols=["turbocast.v1"], headers={"Cookie": self.cookie}
         )
         assert self.ws.subprotocol == "turbocast.v1"

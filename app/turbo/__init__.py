@@ -11,12 +11,18 @@ from .channels import (
     user_channel,
     valid_session_id,
 )
-from .connection import CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION
+from .connection import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_POLICY_VIOLATION,
+)
 from .endpoint import (
     STATUS_BAD_ORIGIN,
     STATUS_BAD_POSITION,
     STATUS_BAD_STREAM,
     STATUS_NO_SESSION,
+    STATUS_REDIS_UNAVAILABLE,
     STATUS_TOO_MANY_SOCKETS,
 )
 from .errors import (
@@ -39,6 +45,7 @@ from .tasks import broadcast_later, send_later
 __all__ = [
     "ACTIONS",
     "CLOSE_GOING_AWAY",
+    "CLOSE_INTERNAL_ERROR",
     "CLOSE_MESSAGE_TOO_BIG",
     "CLOSE_OUTBOX_OVERFLOW",
     "CLOSE_POLICY_VIOLATION",
@@ -48,6 +55,7 @@ __all__ = [
     "STATUS_BAD_POSITION",
     "STATUS_BAD_STREAM",
     "STATUS_NO_SESSION",
+    "STATUS_REDIS_UNAVAILABLE",
     "STATUS_TOO_MANY_SOCKETS",
     "SUBPROTOCOL",
     "StreamSigner",

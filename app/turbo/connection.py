@@ -1,40 +1,75 @@
-"""One browser's WebSocket, with exactly one writer.
+"""One browser's WebSocket, held on wsproto's public API, with exactly one writer.
 
-simple-websocket (flask-sock's engine) answers pings, echoes close frames and
-sends its own heartbeat pings from its reader thread while the handler thread
-sends data: two threads writing to one socket can interleave frames. Here the
-reading is done by the process's one reader (:mod:`app.turbo.readers`, instead
-of a thread per socket) and only reads; everything it wants sent goes through
-the socket's :class:`~app.turbo.outbox.Outbox`, and the handler thread — the
-one writer — sends data, control replies and heartbeats alike.
+Who does what, for one socket:
+
+- **The handler** (the request's thread; under gunicorn's gevent worker the lean
+  greenlet it is handed to, see :mod:`app.turbo.handoff`) builds a
+  :class:`WebSocket` from the upgrade request (nothing is sent yet), sends the 101
+  with :meth:`~WebSocket.accept`, and from then on is the socket's one
+  **writer** (:meth:`~WebSocket.serve`): messages, pongs, the close echo and the
+  heartbeat's pings all go out from it, in order.
+- **A reader** only reads: the process's shared reader (:mod:`app.turbo.readers`:
+  epoll over every plain socket) in threads mode; a reader of its own for a TLS
+  socket (a thread) and for every socket under gevent (a greenlet waiting in
+  gevent's ``recv``). What must be answered (a pong, the echo of a client's
+  close) goes to the writer through the socket's outbox.
+- **Closing** is the writer's: :meth:`~WebSocket.serve` ends with its ``finally``,
+  :meth:`~WebSocket.abort` when something failed before or around it. Either
+  sends FIN after the last frame, waits briefly for the peer's answer, stops the
+  reading, and only then closes the socket (a closed descriptor is soon reused).
+
+A TLS socket and threads. OpenSSL forbids using one ``SSL`` object from two
+threads at once, ``SSL_read`` in one and ``SSL_write`` in the other included
+(OpenSSL's FAQ, "Is OpenSSL thread-safe?"; its maintainers in openssl/openssl
+#20446 and #18209). CPython (3.11 here) releases the GIL around both calls and
+takes no lock of its own per socket (3.13.6 added one and withdrew it for sockets
+in gh-137588, as it deadlocked a reader blocked in ``recv``; gh-143756 tracks the
+crashes). So a reader thread in a blocking ``recv`` while the writer sends is not
+safe. Instead the TLS socket is made non-blocking and one lock is held only
+around each non-blocking ``SSL_read``/``SSL_write``; both threads wait for
+readiness with ``poll()`` outside the lock, and the send timeout is that wait's
+deadline. Under gevent there is nothing to lock: greenlets switch only while
+waiting, never inside an OpenSSL call.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import logging
+import os
+import select
 import socket
+import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
+from urllib.parse import quote
 
-from simple_websocket import Server
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
     CloseConnection,
+    Event,
     Ping,
     Pong,
+    RejectConnection,
     Request,
     TextMessage,
 )
-from wsproto.utilities import LocalProtocolError
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from .handoff import is_gevent_socket
+from .errors import HandshakeError
+from .handoff import is_gevent_socket, is_tls_socket
 from .message import SUBPROTOCOL, Cursor, Message
 from .outbox import HEARTBEAT, Outbox
-from .readers import SharedReader, readers
+from .readers import readers
 
 logger = logging.getLogger("turbocast.socket")
 
@@ -44,21 +79,106 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
 #: Close code when a client sends a frame larger than ``TURBO_MAX_INCOMING_BYTES``.
 CLOSE_MESSAGE_TOO_BIG = 1009
+#: Close code when the server failed after the 101 (the client should reconnect).
+CLOSE_INTERNAL_ERROR = 1011
+
+# What one read asks for: a plain socket's pongs are tiny; a TLS record is up to 16 KiB.
+_RECEIVE_BYTES = 4096
+_TLS_RECEIVE_BYTES = 16384
+# How long the writer waits for the peer to answer its close before closing anyway.
+_CLOSE_WAIT = 2.0
+# How often a TLS reader thread looks whether it should stop (it is also woken).
+_TLS_POLL_SECONDS = 1.0
+
+#: How to send bytes on the socket: blocks until all are sent, raises OSError past the timeout.
+Sender = Callable[[bytes], Any]
+
+_NO_LOCK: AbstractContextManager[object] = contextlib.nullcontext()
 
 
-class TurboConnection(Server):  # type: ignore[misc]
-    """A server-side WebSocket whose handler thread is its only writer.
+def socket_of(environ: dict[str, Any]) -> tuple[Any, str]:
+    """The client's socket in a WSGI environ, and which server it is (the response's mode).
 
-    The handshake happens in the constructor (in the handler thread); then a
-    reader thread starts. Call :meth:`serve` from the handler thread: it returns
-    when the connection ends.
+    The same servers, found the same way, as simple-websocket's ``Server``: Werkzeug
+    and gunicorn put the socket in the environ, eventlet's input hands it out, and
+    gevent's own WSGI server is reached through its input's file descriptor.
 
     :param environ: the WSGI environ of the upgrade request.
-    :param outbox: the queue this socket's frames (and heartbeats) arrive in.
-    :param send_timeout: seconds one write may block before the peer counts as
-        stuck and the connection is dropped (``0``: no limit).
-    :param max_incoming_bytes: the largest message a client may send.
-    :param max_incoming_rate: how many messages a client may send per 10 seconds.
+    :raises HandshakeError: (500) when the server does not give its socket out.
+    """
+    if (sock := environ.get("werkzeug.socket")) is not None:
+        return sock, "werkzeug"
+    if (sock := environ.get("gunicorn.socket")) is not None:
+        return sock, "gunicorn"
+    if (eventlet_input := environ.get("eventlet.input")) is not None:  # pragma: no cover
+        return eventlet_input.get_socket(), "eventlet"
+    if str(environ.get("SERVER_SOFTWARE", "")).startswith("gevent"):
+        # For an upgrade, gevent's input is the connection's file itself (else its rfile).
+        stream = environ.get("wsgi.input")
+        fileno = getattr(getattr(stream, "rfile", stream), "fileno", None)
+        if fileno is not None and environ.get("wsgi.url_scheme") != "https":
+            # Its own descriptor (the server closes the original): a gevent socket.
+            from gevent import socket as gevent_socket
+
+            return gevent_socket.socket(fileno=os.dup(fileno())), "gevent"
+    raise HandshakeError("this server does not give its sockets to the application", status=500)
+
+
+def _upgrade_request(handshake: WSConnection, environ: dict[str, Any]) -> Request:
+    """Feed the request's method, path and headers to wsproto; its ``Request`` event."""
+    if environ.get("REQUEST_METHOD", "GET") != "GET":
+        raise HandshakeError("a WebSocket upgrade must be a GET request")
+    headers = [
+        (key[5:].replace("_", "-").encode("latin-1"), str(value).encode("latin-1"))
+        for key, value in environ.items()
+        if key.startswith("HTTP_")
+    ]
+    target = quote(str(environ.get("PATH_INFO") or "/"), safe="/;:@&=+$,!~*'()%")
+    try:
+        handshake.initiate_upgrade_connection(headers, target)
+        events = list(handshake.events())
+    except RemoteProtocolError as exc:
+        hint = exc.event_hint
+        extra: dict[str, str] = {}
+        if isinstance(hint, RejectConnection):
+            extra = {name.decode(): value.decode() for name, value in hint.headers}
+        # wsproto answers an unknown version with 426, which HTTP requires to carry
+        # an Upgrade header, a hop-by-hop header WSGI does not let an app send; 400
+        # with Sec-WebSocket-Version is RFC 6455's own example (§4.4).
+        raise HandshakeError(str(exc), status=400, headers=extra) from None
+    except Exception as exc:  # noqa: BLE001 - h11 refuses a header or path it cannot carry
+        raise HandshakeError(f"malformed upgrade request ({exc.__class__.__name__})") from None
+    request = next((event for event in events if isinstance(event, Request)), None)
+    if request is None:  # pragma: no cover - wsproto raises first
+        raise HandshakeError("not a WebSocket upgrade request")
+    key = dict(request.extra_headers).get(b"sec-websocket-key", b"")
+    try:
+        valid_key = len(base64.b64decode(key, validate=True)) == 16
+    except binascii.Error:
+        valid_key = False
+    if not valid_key:
+        raise HandshakeError("Sec-WebSocket-Key is not 16 bytes in base64")
+    return request
+
+
+def _wait_for(fd: int, events: int, timeout: float | None) -> bool:
+    """Wait until ``fd`` is ready for ``events`` (or hung up); ``False`` after ``timeout`` s."""
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(None if timeout is None else timeout * 1000))
+
+
+class WebSocket:
+    """A server-side WebSocket whose writer is the only one to send on it.
+
+    :param environ: the WSGI environ of the upgrade request (or handoff's lean one).
+    :param outbox: the queue this socket's messages and heartbeats arrive in.
+    :param send_timeout: seconds one write may wait for the peer before it counts
+        as stuck and is dropped (``0``: no limit).
+    :param max_incoming_bytes: the largest message a client may send (else 1009).
+    :param max_incoming_rate: how many messages a client may send per 10 s (else 1008).
+    :raises HandshakeError: when the request is not an upgrade this server accepts;
+        nothing was sent, so the endpoint answers with its status and headers.
     """
 
     def __init__(
@@ -66,98 +186,237 @@ class TurboConnection(Server):  # type: ignore[misc]
         environ: dict[str, Any],
         outbox: Outbox,
         *,
-        send_timeout: float = 30.0,
-        max_incoming_bytes: int = 4096,
-        max_incoming_rate: int = 50,
+        send_timeout: float,
+        max_incoming_bytes: int,
+        max_incoming_rate: int,
     ) -> None:
+        handshake = WSConnection(ConnectionType.SERVER)
+        self._request: Request | None = _upgrade_request(handshake, environ)
+        self._handshake: WSConnection | None = handshake
+        sock, mode = socket_of(environ)
+        self.sock: Any = sock
+        #: Which server this is (see the endpoint's response): "werkzeug", "gunicorn", ...
+        self.mode = mode
         self.outbox = outbox
+        self.send_timeout = send_timeout
         self.max_incoming_bytes = max_incoming_bytes
         self.max_incoming_rate = max_incoming_rate
+        #: The subprotocol chosen at accept (:data:`~app.turbo.message.SUBPROTOCOL` or None).
+        self.subprotocol: str | None = None
+        self.tls = is_tls_socket(sock)
+        self.gevent = is_gevent_socket(sock)
+
+        # After the 101 only the frame protocol is kept (not h11's handshake machinery
+        # or the request), for as long as the page stays open.
+        self._protocol: Connection | None = None
+        # The reader feeds the frame protocol while the writer encodes with it.
+        self._protocol_lock = threading.Lock()
+        # Around each call on a TLS socket's SSL object, with a reader thread (see
+        # above); a TLS reader greenlet never switches inside one.
+        self._tls_lock: AbstractContextManager[object] = (
+            threading.Lock() if self.tls and not self.gevent else _NO_LOCK
+        )
+        self._send: Sender = sock.sendall
+        self._reader: Any = None  # "shared", a thread or a greenlet once reading
+        self._upgraded = False  # the whole 101 went out
+        self._close_sent = False
+        self._closing_down = False  # the writer is finishing: the reader stays out of the outbox
+        self._stop = False  # a TLS reader must return
+        self._finished = False
+        self._peer_done = threading.Event()  # the peer's close frame or EOF came
+        self._pong_received = True
         self._incoming_count = 0
         self._incoming_len = 0
         self._incoming_window = time.monotonic()
-        self._eof = threading.Event()
-        # ping_interval=None: the reader must not send pings itself. SharedReader:
-        # no reader thread per socket; the process's one reader reads this socket.
-        super().__init__(
-            environ,
-            ping_interval=None,
-            max_message_size=None,
-            thread_class=SharedReader,
-        )
-        # The handshake is done: keep only the frame protocol, not the HTTP
-        # handshake machinery (h11) or the request's environ, for as long as the
-        # page stays open.
-        self.ws: Any = self.ws.connection
-        self.environ: dict[str, Any] = {}
-        if send_timeout and is_gevent_socket(self.sock):
-            # A gevent socket (gunicorn -k gevent, gevent's own server): the fd is
-            # non-blocking and gevent waits for writability itself, so its socket
-            # timeout is what bounds a send. The shared reader reads the raw socket
-            # without waiting, so reads are not affected.
-            self.sock.settimeout(send_timeout)
-        elif send_timeout:
-            # Only sends get a deadline: SO_SNDTIMEO leaves the reader's recv alone.
-            seconds = int(send_timeout)
-            micros = int((send_timeout - seconds) * 1_000_000)
-            self.sock.setsockopt(
+
+    @property
+    def tagged(self) -> bool:
+        """Whether the client speaks ``turbocast.v1`` (ids with every message); set by accept()."""
+        return self.subprotocol == SUBPROTOCOL
+
+    # -- the handshake (handler) ------------------------------------------------------------
+
+    def accept(self) -> None:
+        """Send the 101 and start reading; from then on the caller is the socket's writer.
+
+        Chooses ``turbocast.v1`` when the client offers it, and no extension: without
+        permessage-deflate a message is the same bytes for every socket and is
+        encoded once. Sets the send timeout first, so the 101 is bounded too.
+
+        :raises Exception: whatever failed; the socket is then already closed, with
+            a 1011 close frame if the 101 had gone out, and the server must not
+            write an HTTP response on it.
+        """
+        handshake, self._handshake = self._handshake, None
+        request, self._request = self._request, None
+        if handshake is None or request is None:
+            raise RuntimeError("accept() is called once")
+        try:
+            self.subprotocol = SUBPROTOCOL if SUBPROTOCOL in request.subprotocols else None
+            response = handshake.send(AcceptConnection(subprotocol=self.subprotocol))
+            self._protocol = Connection(ConnectionType.SERVER)
+            self._send = self._set_send_timeout()
+            self._send(response)
+            self._upgraded = True
+            self._start_reading()
+        except BaseException:
+            self.abort(CLOSE_INTERNAL_ERROR, "handshake failed")
+            raise
+
+    def _set_send_timeout(self) -> Sender:
+        sock = self.sock
+        if self.gevent:
+            # The fd is non-blocking and gevent waits for writability itself: its
+            # socket timeout bounds a send. Reads: the shared reader never waits, a
+            # TLS reader greenlet waits again when its read times out.
+            sock.settimeout(self.send_timeout or None)
+            return sock.sendall  # type: ignore[no-any-return]
+        if self.tls:
+            sock.setblocking(False)
+            return self._send_tls
+        # Blocking, and only sends get a deadline: SO_SNDTIMEO leaves reads alone.
+        sock.settimeout(None)
+        if self.send_timeout:
+            seconds = int(self.send_timeout)
+            micros = int((self.send_timeout - seconds) * 1_000_000)
+            sock.setsockopt(
                 socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, micros)
             )
+        return sock.sendall  # type: ignore[no-any-return]
 
-    # -- reading (the process's reader thread) ----------------------------------
+    def _start_reading(self) -> None:
+        if self.gevent:
+            # Not the shared reader: gevent's selector watches only the descriptors
+            # registered when its select() began (a new socket waited up to a poll
+            # for its first read), and one unregistered and closed under a running
+            # select() left a watcher on a descriptor reused by the next socket, whose
+            # writer then never woke. A greenlet per socket waits in gevent's own recv.
+            import gevent
+
+            self._reader = gevent.spawn(self._read_gevent)
+        elif not self.tls:
+            self._reader = "shared"
+            readers().add(self)
+        else:
+            thread = threading.Thread(target=self._read_tls, name="turbo-reader-tls", daemon=True)
+            thread.start()
+            self._reader = thread
+
+    # -- reading (a reader, never the writer) --------------------------------------------------
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (for the shared reader)."""
+        return int(self.sock.fileno())
 
     def read_ready(self) -> bool:
-        """Read what the client sent; ``False`` when it has gone (EOF, reset, bad frames)."""
-        # The real socket, not gevent's wrapper, which would wait instead of raising.
-        raw: Any = getattr(self.sock, "_sock", None) or self.sock
+        """Read what a plain socket has, without waiting; ``False`` once the peer is gone.
+
+        The shared reader calls this when epoll says the socket is readable.
+        """
         try:
-            data = raw.recv(self.receive_bytes, socket.MSG_DONTWAIT)
+            data = self.sock.recv(_RECEIVE_BYTES, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return True
         except OSError:
             data = b""
-        if data:
-            try:
-                self.ws.receive_data(data)
-                self._handle_events()
-                return True
-            except LocalProtocolError:
-                pass
-            except Exception:  # noqa: BLE001 - whatever it was, this socket is done
-                logger.exception("turbocast: reading a socket failed")
-        # The peer is gone: wake the writer.
-        self._eof.set()
-        self.outbox.close(None, "peer disconnected")
+        if data and self._received(data):
+            return True
+        self._peer_gone()
         return False
 
-    def _handle_events(self) -> bool:
-        for event in self.ws.events():
-            if isinstance(event, Request):
-                # The handshake runs in the handler thread, before the reader starts,
-                # so answering here is still the one writer. No permessage-deflate: a
-                # frame is then the same bytes for every socket and is encoded once.
-                self.subprotocol = SUBPROTOCOL if SUBPROTOCOL in event.subprotocols else None
-                self.sock.sendall(self.ws.send(AcceptConnection(subprotocol=self.subprotocol)))
-            elif isinstance(event, CloseConnection):
-                self.close_reason = event.code
-                self.close_message = event.reason
+    def _read_tls(self) -> None:
+        """A TLS socket's reader thread: waits without the lock, reads under it."""
+        fd = self.sock.fileno()
+        skip_wait = False
+        try:
+            while not self._stop:
+                if not skip_wait and not _wait_for(fd, select.POLLIN, _TLS_POLL_SECONDS):
+                    continue
+                data, alive, skip_wait = self._recv_tls()
+                if data and not self._received(data):
+                    alive = False
+                if not alive:
+                    break
+        except Exception:  # noqa: BLE001 - this socket is done; the writer will see it
+            logger.exception("turbocast: reading a TLS socket failed")
+        self._peer_gone()
+
+    def _recv_tls(self) -> tuple[bytes, bool, bool]:
+        """What OpenSSL can give now: ``(data, alive, more_may_be_buffered)``."""
+        chunks: list[bytes] = []
+        with self._tls_lock:
+            if self._stop:
+                return b"", False, False
+            # A record holds up to 16 KiB that OpenSSL keeps, unseen by poll(): read
+            # until it wants more from the network (bounded, so the writer gets in).
+            for _ in range(16):
+                try:
+                    data = self.sock.recv(_TLS_RECEIVE_BYTES)
+                except ssl.SSLWantReadError:
+                    return b"".join(chunks), True, False
+                except ssl.SSLWantWriteError:
+                    break  # rare (a key update to answer): wait for room, below
+                except (OSError, ValueError):
+                    return b"".join(chunks), False, False
+                if not data:
+                    return b"".join(chunks), False, False
+                chunks.append(data)
+            else:
+                return b"".join(chunks), True, True
+        _wait_for(self.sock.fileno(), select.POLLOUT, _TLS_POLL_SECONDS)
+        return b"".join(chunks), True, False
+
+    def _read_gevent(self) -> None:
+        """A socket's reader greenlet under gevent: a plain blocking read, gevent waits for it."""
+        try:
+            while not self._stop:
+                try:
+                    data = self.sock.recv(_TLS_RECEIVE_BYTES if self.tls else _RECEIVE_BYTES)
+                except TimeoutError:
+                    continue  # the socket's timeout is meant for sends: wait again
+                except (OSError, ValueError):
+                    break  # reset, or closed by the writer
+                if not data or not self._received(data):
+                    break
+        except Exception:  # noqa: BLE001 - this socket is done; the writer will see it
+            logger.exception("turbocast: reading a TLS socket failed")
+        self._peer_gone()
+
+    def _received(self, data: bytes) -> bool:
+        """Handle bytes from the peer; ``False`` when they cannot be taken any more."""
+        protocol = self._protocol
+        assert protocol is not None
+        try:
+            with self._protocol_lock:
+                protocol.receive_data(data)
+                events = list(protocol.events())
+        except LocalProtocolError:
+            return False  # more after the closing handshake: nothing to read any more
+        for event in events:
+            self._handle(event)
+        return True
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, CloseConnection):
+            self._peer_done.set()
+            if not self._closing_down:
                 self.outbox.put_control(event.response())
                 self.outbox.close(None, f"client closed ({event.code})")
-            elif isinstance(event, Ping):
-                self.outbox.put_control(event.response())
-                self._count_incoming(len(event.payload))
-            elif isinstance(event, Pong):
-                self.pong_received = True
-            elif isinstance(event, (TextMessage, BytesMessage)):
-                # Clients are not expected to send anything; small frames are ignored.
-                self._incoming_len += len(event.data)
-                if event.message_finished:
-                    size, self._incoming_len = self._incoming_len, 0
-                    self._count_incoming(size)
-                elif self._incoming_len > self.max_incoming_bytes:
-                    self._refuse(CLOSE_MESSAGE_TOO_BIG, "message too big")
-        # Keep reading until EOF: after a close the peer still has to hang up.
-        return True
+        elif self._closing_down:
+            return
+        elif isinstance(event, Ping):
+            self.outbox.put_control(event.response())
+            self._count_incoming(len(event.payload))
+        elif isinstance(event, Pong):
+            self._pong_received = True
+        elif isinstance(event, (TextMessage, BytesMessage)):
+            # Clients are not expected to send anything; small messages are ignored.
+            self._incoming_len += len(event.data)
+            if event.message_finished:
+                size, self._incoming_len = self._incoming_len, 0
+                self._count_incoming(size)
+            elif self._incoming_len > self.max_incoming_bytes:
+                self._refuse(CLOSE_MESSAGE_TOO_BIG, "message too big")
 
     def _count_incoming(self, size: int) -> None:
         if size > self.max_incoming_bytes:
@@ -179,24 +438,48 @@ class TurboConnection(Server):  # type: ignore[misc]
             )
         self.outbox.close(code, reason)
 
-    # -- the writer (handler thread) --------------------------------------------
+    def _peer_gone(self) -> None:
+        self._peer_done.set()
+        if not self._closing_down:
+            self.outbox.close(None, "peer disconnected")
 
-    @property
-    def tagged(self) -> bool:
-        """Whether the client speaks ``turbocast.v1`` (ids with every message)."""
-        return self.subprotocol == SUBPROTOCOL
+    # -- writing (the writer only) ---------------------------------------------------------
+
+    def _encode(self, event: Event) -> bytes:
+        protocol = self._protocol
+        assert protocol is not None
+        with self._protocol_lock:
+            return protocol.send(event)
+
+    def _send_tls(self, data: bytes) -> None:
+        """``sendall`` for a non-blocking TLS socket: the lock only around each SSL_write."""
+        view = memoryview(data)
+        sent = 0
+        timeout = self.send_timeout or None
+        while sent < len(view):
+            with self._tls_lock:
+                try:
+                    # After a "want", OpenSSL needs the same bytes again: view[sent:] is.
+                    sent += self.sock.send(view[sent:])
+                    continue
+                except ssl.SSLWantWriteError:
+                    wanted = select.POLLOUT
+                except ssl.SSLWantReadError:
+                    wanted = select.POLLIN
+            if not _wait_for(self.sock.fileno(), wanted, timeout):
+                raise TimeoutError("the peer did not read for send_timeout seconds")
 
     def _write(self, messages: list[Message], cursor: Cursor) -> None:
         tagged = self.tagged
         frames = [m.tagged_frame if tagged else m.plain_frame for m in messages if cursor.admit(m)]
         if frames:
-            self.sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
+            self._send(b"".join(frames) if len(frames) > 1 else frames[0])
 
-    def serve(self, replay: list[Message] | None = None) -> str:
-        """Write what the outbox holds until the connection ends; the handler thread calls this.
+    def serve(self, replay: list[Message]) -> str:
+        """Write until the connection ends, then close it; the writer calls this after accept().
 
         Heartbeats arrive through the outbox too (:data:`~app.turbo.outbox.HEARTBEAT`,
-        from the relay's heartbeat thread): each sends a ping, and a peer that has
+        from the process's heartbeat thread): each sends a ping, and a peer that has
         not answered the previous one by then is dropped. The writer itself keeps
         no timer: it waits for its outbox and nothing else.
 
@@ -204,7 +487,11 @@ class TurboConnection(Server):  # type: ignore[misc]
             already hold some of them; nothing is sent twice). The list is emptied
             once sent, so a long-lived socket does not keep its replay.
         :returns: why the connection ended, for the log.
+        :raises Exception: an unexpected failure, after a 1011 close frame was tried.
+            Whatever happened, the reading has stopped and the socket is closed.
         """
+        if self._protocol is None or self._finished:
+            raise RuntimeError("serve() follows a successful accept(), once")
         cursor = Cursor()
         drain = self.outbox.drain
         try:
@@ -215,11 +502,14 @@ class TurboConnection(Server):  # type: ignore[misc]
                 controls, messages, closing = drain(None)
                 for event in controls:
                     if event is HEARTBEAT:
-                        if not self.pong_received:
+                        if not self._pong_received:
                             return "heartbeat timeout: no pong"
-                        self.pong_received = False
+                        self._pong_received = False
                         event = Ping()
-                    self.sock.sendall(self.ws.send(event))
+                    assert isinstance(event, Event)
+                    self._send(self._encode(event))
+                    if isinstance(event, CloseConnection):
+                        self._close_sent = True  # the echo of the client's close
                 if messages:
                     self._write(messages, cursor)
                 if closing is not None:
@@ -227,26 +517,86 @@ class TurboConnection(Server):  # type: ignore[misc]
                         self._send_close(closing.code, closing.reason)
                     return closing.reason
         except (OSError, LocalProtocolError) as exc:
-            # EAGAIN (SO_SNDTIMEO) or gevent's timeout: the peer stopped reading for
-            # send_timeout seconds.
+            # SO_SNDTIMEO, gevent's or our own TLS timeout: the peer stopped reading
+            # for send_timeout seconds; or it is gone.
             return f"write failed: {exc.__class__.__name__}"
+        except BaseException:
+            self._send_close(CLOSE_INTERNAL_ERROR, "internal error")
+            raise
         finally:
-            self.connected = False
-            self._shutdown()
+            self._finish()
 
     def _send_close(self, code: int, reason: str) -> None:
+        if self._close_sent:
+            return
         try:
-            self.sock.sendall(self.ws.send(CloseConnection(code=code, reason=reason)))
+            self._send(self._encode(CloseConnection(code=code, reason=reason)))
+            self._close_sent = True
         except Exception:  # noqa: BLE001 - the peer may already be gone; closing anyway
             logger.debug("turbocast: close frame not sent", exc_info=True)
 
-    def _shutdown(self) -> None:
-        # FIN after the last frame; give the peer a moment to answer with its own.
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_WR)
-        self._eof.wait(timeout=2.0)
-        readers().remove(self)
-        with contextlib.suppress(OSError):
+    def abort(self, code: int, reason: str) -> None:
+        """Close after a failure: a close frame with ``code`` if the 101 went out, then the end.
+
+        For the writer's side only (the handler when something failed before or
+        around :meth:`serve`). Idempotent; never raises.
+
+        :param code: the close code, e.g. :data:`CLOSE_INTERNAL_ERROR`.
+        :param reason: a short text for the close frame.
+        """
+        if self._finished:
+            return
+        try:
+            if self._upgraded:
+                self._send_close(code, reason)
+        finally:
+            try:
+                self._finish()
+            except Exception:  # noqa: BLE001 - abort never raises
+                logger.debug("turbocast: abort did not finish cleanly", exc_info=True)
+
+    # -- closing (the writer only) -------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """FIN, the peer's answer (briefly), stop reading, close. Once, whatever happened."""
+        if self._finished:
+            return
+        self._finished = True
+        self._closing_down = True
+        sock = self.sock
+        if not self.tls:
+            # FIN after the last frame: the peer answers our close and hangs up. (A
+            # TLS socket cannot half-close; its peer answers the close frame itself.)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+        try:
+            if self._close_sent and self._reader is not None:
+                self._peer_done.wait(_CLOSE_WAIT)
+            self._stop_reading()
+        finally:
+            # Nothing more goes either way, whatever the server does with the socket next.
+            with contextlib.suppress(OSError), self._tls_lock:
+                sock.shutdown(socket.SHUT_RDWR)
+            # Werkzeug closes it itself after the response, which then fails quietly
+            # (a broken pipe) instead of finding a closed descriptor.
+            if self.mode != "werkzeug":
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def _stop_reading(self) -> None:
+        """Stop reading; the reader touches the socket no more once this returns."""
+        reader, self._reader = self._reader, None
+        if reader is None:
+            return
+        if reader == "shared":
+            readers().remove(self)
+            return
+        # A TLS reader: shutting the socket down wakes it (EOF); it sees _stop.
+        self._stop = True
+        with contextlib.suppress(OSError), self._tls_lock:
             self.sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            self.sock.close()
+        reader.join(_CLOSE_WAIT)
+        if self.gevent and not reader.dead:  # pragma: no cover - closing wakes it
+            reader.kill(block=False)
+        elif not self.gevent and reader.is_alive():  # pragma: no cover - poll has a timeout
+            logger.warning("turbocast: a TLS reader did not stop in time")

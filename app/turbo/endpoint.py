@@ -1,15 +1,26 @@
-"""The stream endpoints: a WebSocket and Server-Sent Events, admitted and fed alike.
+"""The stream endpoints: a socket's life, in order, for WebSockets and Server-Sent Events.
 
-Both admit a client the same way — origin, signed session cookie, signed stream
-names, user, the per-session cap — listen to the same channels, replay from the
-history what came after the positions the client brings, and then deliver live.
-Each refusal answers with an HTTP status and logs a line.
+1. **Admit**: origin, signed session cookie, signed stream names, user, the
+   positions the page brings, the per-session cap. A refusal answers with an
+   HTTP status and logs a line.
+2. **Subscribe, confirmed by Redis**: the relay registers the socket's outbox
+   and says when Redis has confirmed every channel (``TURBO_REDIS_TIMEOUT``,
+   else 503). From then on everything published reaches the outbox.
+3. **Replay**: each channel's history after the page's position, merged across
+   channels in publish order; where the history no longer reaches, a gap.
+4. **Live**: the 101 (or the event stream's 200) goes out; the writer sends the
+   replay, then what the outbox holds, its cursor dropping what both gave.
+
+Everything that touches Redis happens before the 101, so it can still be
+refused with an HTTP status. After the 101, every failure closes the socket
+with a close code and cleans up (reader, relay, the session's slot).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
@@ -17,16 +28,16 @@ from typing import Any
 
 import redis
 from flask import Response, request, session
-from werkzeug.exceptions import BadRequest
 
 from . import handoff
 from .channels import history_key, label_for, valid_session_id
-from .connection import TurboConnection
-from .errors import InvalidChannelError, TurboError
+from .connection import CLOSE_INTERNAL_ERROR, WebSocket
+from .errors import HandshakeError, InvalidChannelError, TurboError
 from .extension import TurboState, _state
 from .helpers import SESSION_KEY, normalize_origin, site_origin
 from .message import REFRESH_HTML, Cursor, Message
 from .outbox import Outbox
+from .relay import Subscription
 from .signing import StreamSigner
 
 logger = logging.getLogger("turbocast")
@@ -41,6 +52,12 @@ STATUS_BAD_STREAM = 403
 STATUS_BAD_POSITION = 400
 #: HTTP status of a handshake past ``TURBO_MAX_SOCKETS_PER_SESSION``.
 STATUS_TOO_MANY_SOCKETS = 429
+#: HTTP status of a handshake when Redis did not confirm the subscription or give the
+#: history within ``TURBO_REDIS_TIMEOUT``.
+STATUS_REDIS_UNAVAILABLE = 503
+
+# The largest part of a stream id (ms or seq): Redis keeps both as unsigned 64-bit.
+_MAX_ID_PART = 2**64 - 1
 
 _POSITION_RE = re.compile(r"([A-Za-z0-9_.:@/=+-]{1,210})~([0-9]{1,20}-[0-9]{1,20})")
 
@@ -54,13 +71,15 @@ class Admission:
     since: dict[str, str]
 
 
-def _refuse(status: int, reason: str, **extra: Any) -> Response:
+def _refuse(
+    status: int, reason: str, headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
     logger.warning(
         "turbocast: refused WebSocket handshake: %s",
         reason,
         extra={"turbo_status": status, "turbo_remote_addr": request.remote_addr, **extra},
     )
-    return Response(f"{reason}\n", status=status, mimetype="text/plain")
+    return Response(f"{reason}\n", status=status, mimetype="text/plain", headers=headers)
 
 
 def _origin_refusal(config: Any) -> Response | None:
@@ -108,6 +127,9 @@ def parse_positions(values: list[str]) -> dict[str, str] | None:
             match = _POSITION_RE.fullmatch(part)
             if match is None:
                 return None
+            ms, _, seq = match.group(2).partition("-")
+            if int(ms) > _MAX_ID_PART or int(seq) > _MAX_ID_PART:
+                return None
             positions[match.group(1)] = match.group(2)
     return positions
 
@@ -133,23 +155,25 @@ def _admit(state: TurboState, positions: list[str]) -> Admission | Response:
 
 
 def _replay(state: TurboState, admission: Admission) -> list[Message]:
-    """What each channel's history holds after the client's position (a gap: a refresh)."""
+    """What the histories hold after the client's positions, merged in publish order.
+
+    A channel whose history no longer reaches the client's position gives one
+    refresh (a gap) instead of its entries.
+
+    :raises redis.RedisError: when Redis does not answer (the handshake gets 503).
+    """
     prefix = state.config["TURBO_CHANNEL_PREFIX"]
-    history = state.publisher.history
-    replay: list[Message] = []
+    wanted = []  # (channel, label, position) of each channel the client brings a position for
     for channel in admission.channels:
         label = label_for(channel, prefix)
         position = admission.since.get(label)
-        if position is None:
-            continue
-        try:
-            entries, gap = history.since(history_key(channel, prefix), position)
-        except redis.RedisError as exc:
-            logger.warning(
-                "turbocast: no replay, Redis unreachable",
-                extra={"turbo_error": repr(exc), "turbo_label": label},
-            )
-            continue
+        if position is not None:
+            wanted.append((channel, label, position))
+    # One snapshot of every history: what comes live afterwards is all newer.
+    reads = [(history_key(channel, prefix), position) for channel, _, position in wanted]
+    replay: list[Message] = []
+    results = state.publisher.history.since_many(reads)
+    for (channel, label, position), (entries, gap) in zip(wanted, results, strict=True):
         raw = channel.encode()
         if gap:
             newest = entries[-1][0] if entries else position
@@ -160,7 +184,31 @@ def _replay(state: TurboState, admission: Admission) -> list[Message]:
             )
         else:
             replay.extend(Message(raw, label, message_id, html) for message_id, html in entries)
+    # Ids come from one clock across channels: their order is the publish order.
+    replay.sort(key=lambda m: m.key or (0, 0))
     return replay
+
+
+def _subscribe(
+    state: TurboState, admission: Admission, outbox: Outbox, held: ExitStack
+) -> list[Message] | Response:
+    """Steps 2 and 3: attach to the relay, wait for Redis's confirmation, read the replay.
+
+    The detach is pushed onto ``held``. A refusal (503) when Redis does not answer
+    within ``TURBO_REDIS_TIMEOUT``.
+    """
+    deadline = time.monotonic() + float(state.config["TURBO_REDIS_TIMEOUT"])
+    relay = state.relay()
+    sub: Subscription = relay.attach(admission.channels, outbox)
+    held.callback(relay.detach, sub)
+    if not sub.ready.wait(max(0.0, deadline - time.monotonic())):
+        return _refuse(STATUS_REDIS_UNAVAILABLE, "Redis unavailable: subscription not confirmed")
+    try:
+        return _replay(state, admission)
+    except redis.RedisError as exc:
+        return _refuse(
+            STATUS_REDIS_UNAVAILABLE, "Redis unavailable: history not read", turbo_error=repr(exc)
+        )
 
 
 def _log_closed(sid: str, outbox: Outbox, reason: str, *, gave_up: bool = False) -> None:
@@ -184,63 +232,62 @@ def _log_closed(sid: str, outbox: Outbox, reason: str, *, gave_up: bool = False)
 
 
 def websocket_endpoint() -> Response:
-    """``TURBO_WEBSOCKET_ROUTE``: admit, replay, then relay live messages until the socket ends."""
+    """``TURBO_WEBSOCKET_ROUTE``: admit, subscribe, replay, then relay live messages."""
     state = _state()
+    config = state.config
     admission = _admit(state, request.args.getlist("since"))
     if isinstance(admission, Response):
         return admission
     with ExitStack() as held:
         if not held.enter_context(state.socket_slot(admission.sid)):
             return _refuse(STATUS_TOO_MANY_SOCKETS, "too many sockets for this session")
-        return _serve_websocket(state, admission, held)
-
-
-def _serve_websocket(state: TurboState, admission: Admission, held: ExitStack) -> Response:
-    config = state.config
-    outbox = Outbox(int(config["TURBO_OUTBOX_SIZE"]))
-    # gunicorn -k gevent: the socket goes on in a lean greenlet of its own.
-    lean = handoff.lean_environ(request.environ)
-    try:
-        conn = TurboConnection(
-            lean or request.environ,
-            outbox,
-            send_timeout=float(config["TURBO_SEND_TIMEOUT"]),
-            max_incoming_bytes=int(config["TURBO_MAX_INCOMING_BYTES"]),
-            max_incoming_rate=int(config["TURBO_MAX_INCOMING_RATE"]),
-        )
-    except Exception as exc:  # noqa: BLE001 - wsproto rejects malformed upgrades
+        outbox = Outbox(int(config["TURBO_OUTBOX_BYTES"]))
+        # gunicorn -k gevent: the socket goes on in a lean greenlet of its own.
+        lean = handoff.lean_environ(request.environ)
         if lean is not None:
-            handoff.discard(lean)
-        if isinstance(exc, BadRequest):
-            raise
-        return _refuse(400, f"bad WebSocket handshake ({exc.__class__.__name__})")
-    relay = state.relay()
-    # Attach first, then read the history: what arrives meanwhile is in both, and
-    # the socket's cursor sends it once.
-    sub = relay.attach(admission.channels, outbox)
-    logger.info(
-        "turbocast: socket open",
-        extra={"turbo_session": admission.sid[:8], "turbo_channels": len(admission.channels)},
-    )
-    replay = _replay(state, admission)
-    sid = admission.sid
-    # The session's socket slot is held until the writer ends (later, under gevent).
-    slot = held.pop_all()
+            held.callback(handoff.discard, lean)
+        try:
+            ws = WebSocket(
+                lean or request.environ,
+                outbox,
+                send_timeout=float(config["TURBO_SEND_TIMEOUT"]),
+                max_incoming_bytes=int(config["TURBO_MAX_INCOMING_BYTES"]),
+                max_incoming_rate=int(config["TURBO_MAX_INCOMING_RATE"]),
+            )
+        except HandshakeError as exc:
+            return _refuse(exc.status, f"bad WebSocket handshake: {exc}", headers=exc.headers)
+        replay = _subscribe(state, admission, outbox, held)
+        if isinstance(replay, Response):
+            return replay
+        try:
+            ws.accept()
+        except Exception:  # noqa: BLE001 - the peer or the socket failed during the 101
+            logger.exception("turbocast: WebSocket handshake failed after it was admitted")
+            return _WebSocketResponse(ws.mode)  # no HTTP on a socket that may have its 101
+        logger.info(
+            "turbocast: socket open",
+            extra={"turbo_session": admission.sid[:8], "turbo_channels": len(admission.channels)},
+        )
+        # From here the writer owns the socket's slot and subscription, and ends them.
+        life = held.pop_all()
 
     def serve() -> None:
-        with slot:
+        with life:
             try:
-                reason = conn.serve(replay)
-            finally:
-                relay.detach(sub)
+                reason = ws.serve(replay)
+            except Exception:  # noqa: BLE001 - logged; the socket is closed with 1011
+                logger.exception("turbocast: socket writer failed")
+                ws.abort(CLOSE_INTERNAL_ERROR, "internal error")
+                outbox.close(CLOSE_INTERNAL_ERROR, "internal error")
+                reason = "internal error"
             # No close was asked for, yet the writer stopped: it gave up on the peer.
-            _log_closed(sid, outbox, reason, gave_up=outbox.closing is None)
+            _log_closed(admission.sid, outbox, reason, gave_up=outbox.closing is None)
 
     if lean is None:
         serve()
     else:
         handoff.spawn(serve)
-    return _WebSocketResponse(conn.mode)
+    return _WebSocketResponse(ws.mode)
 
 
 class _WebSocketResponse(Response):
@@ -274,6 +321,7 @@ def sse_endpoint() -> Response:
 
     ``EventSource`` reconnects by itself and sends the last event's id back as
     ``Last-Event-ID``; every event's id is the client's position in all its channels.
+    The same life as a WebSocket's: admitted, subscribed and replayed before the 200.
     """
     state = _state()
     last_event_id = request.headers.get("Last-Event-ID")
@@ -281,47 +329,42 @@ def sse_endpoint() -> Response:
     admission = _admit(state, positions)
     if isinstance(admission, Response):
         return admission
-    # Checked here to answer 429 before the 200 goes out; the stream holds its own
-    # slot for its lifetime (a generator that never starts must not leak one).
-    with state.socket_slot(admission.sid) as granted:
-        if not granted:
+    with ExitStack() as held:
+        if not held.enter_context(state.socket_slot(admission.sid)):
             return _refuse(STATUS_TOO_MANY_SOCKETS, "too many sockets for this session")
-    outbox = Outbox(int(state.config["TURBO_OUTBOX_SIZE"]))
+        outbox = Outbox(int(state.config["TURBO_OUTBOX_BYTES"]))
+        replay = _subscribe(state, admission, outbox, held)
+        if isinstance(replay, Response):
+            return replay
+        # Ended when the server closes the response, whether or not it was ever iterated.
+        life = held.pop_all()
+    life.callback(_log_closed, admission.sid, outbox, "event stream ended")
     response = Response(
-        _sse_events(state, admission, outbox),
+        _sse_events(state, admission, outbox, replay),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    response.call_on_close(life.close)
     return response
 
 
-def _sse_events(state: TurboState, admission: Admission, outbox: Outbox) -> Iterator[str]:
+def _sse_events(
+    state: TurboState, admission: Admission, outbox: Outbox, replay: list[Message]
+) -> Iterator[str]:
     interval = float(state.config["TURBO_PING_INTERVAL"]) or 25.0
-    with state.socket_slot(admission.sid) as granted:
-        if not granted:
-            yield "retry: 5000\n\n"
+    cursor = Cursor()
+    positions = dict(admission.since)
+    yield "retry: 1000\n\n"
+    batch = replay
+    while True:
+        events = [_sse_event(m, positions) for m in batch if cursor.admit(m)]
+        if events:
+            yield "".join(events)
+        _, batch, closing = outbox.drain(interval)
+        if closing is not None:
             return
-        relay = state.relay()
-        sub = relay.attach(admission.channels, outbox)
-        cursor = Cursor()
-        positions = dict(admission.since)
-        reason = "client went away"
-        try:
-            yield "retry: 1000\n\n"
-            batch = _replay(state, admission)
-            while True:
-                events = [_sse_event(m, positions) for m in batch if cursor.admit(m)]
-                if events:
-                    yield "".join(events)
-                _, batch, closing = outbox.drain(interval)
-                if closing is not None:
-                    reason = closing.reason
-                    return
-                if not batch:
-                    yield ": ping\n\n"  # finds dead peers; keeps proxies from timing out
-        finally:
-            relay.detach(sub)
-            _log_closed(admission.sid, outbox, reason)
+        if not batch:
+            yield ": ping\n\n"  # finds dead peers; keeps proxies from timing out
 
 
 def _sse_event(message: Message, positions: dict[str, str]) -> str:

@@ -21,3 +21,20 @@ class PublishError(TurboError):
 
 class MessageTooLargeError(PublishError, ValueError):
     """A message is larger than the configured ``TURBO_MAX_MESSAGE_BYTES``."""
+
+
+class HandshakeError(TurboError):
+    """A WebSocket upgrade request that cannot be accepted as it is: answer it with HTTP.
+
+    :param message: what is wrong, for the log and the response body.
+    :param status: the HTTP status to answer with.
+    :param headers: headers the answer must carry (``Sec-WebSocket-Version`` for a
+        version the server does not speak, RFC 6455 §4.4).
+    """
+
+    def __init__(
+        self, message: str, status: int = 400, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers: dict[str, str] = headers or {}

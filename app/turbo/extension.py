@@ -31,6 +31,7 @@ from .helpers import (
     stream_url,
     turbo_stream_source,
 )
+from .outbox import DEFAULT_OUTBOX_BYTES
 from .publisher import (
     DEFAULT_HISTORY_MAXLEN,
     DEFAULT_HISTORY_SECONDS,
@@ -47,7 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "TURBO_REDIS_URL": None,
     "TURBO_WEBSOCKET_ROUTE": "/turbo-stream",
     "TURBO_CHANNEL_PREFIX": "turbo",
-    "TURBO_OUTBOX_SIZE": 256,
+    "TURBO_OUTBOX_BYTES": DEFAULT_OUTBOX_BYTES,
+    "TURBO_REDIS_TIMEOUT": 5.0,
     "TURBO_PING_INTERVAL": 25.0,
     "TURBO_SEND_TIMEOUT": 30.0,
     "TURBO_MAX_MESSAGE_BYTES": DEFAULT_MAX_MESSAGE_BYTES,
@@ -118,6 +120,7 @@ class TurboState:
             if self._publisher is None:
                 self._publisher = Publisher(
                     self.redis_url,
+                    timeout=float(self.config["TURBO_REDIS_TIMEOUT"]),
                     prefix=self.config["TURBO_CHANNEL_PREFIX"],
                     max_message_bytes=int(self.config["TURBO_MAX_MESSAGE_BYTES"]),
                     history_maxlen=int(self.config["TURBO_HISTORY_MAXLEN"]),
@@ -167,7 +170,8 @@ class TurboState:
 
         Started lazily from the first socket, in the process that serves it: a
         pre-fork master, a Celery worker or the CLI never runs one, and a forked
-        child never inherits a half-made one.
+        child never inherits a half-made one. Exactly one per process, however
+        many sockets arrive at once: it is made and started under locks.
         """
         history = self.publisher.history  # (takes the lock itself)
         with self._lock:
@@ -176,6 +180,7 @@ class TurboState:
                 relay = Relay(
                     self.redis_url,
                     prefix=self.config["TURBO_CHANNEL_PREFIX"],
+                    timeout=float(self.config["TURBO_REDIS_TIMEOUT"]),
                     health_check_interval=float(self.config["TURBO_REDIS_HEALTH_CHECK_INTERVAL"]),
                     history=history,
                     heartbeat_interval=float(self.config["TURBO_PING_INTERVAL"]),

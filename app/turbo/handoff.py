@@ -15,12 +15,16 @@ Sockets handed off this way no longer count against gunicorn's
 (the ``worker_exit`` hook), so their closing frames still go out.
 
 Under threads (and any server but gunicorn with gevent) nothing changes: the
-handler thread stays the writer.
+handler thread stays the writer. Nor for a TLS socket under gevent: an SSL socket
+cannot be duplicated (its TLS state lives in the one object), so it is served in
+the request's greenlet.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -39,16 +43,29 @@ def is_gevent_socket(sock: object) -> bool:
     return type(sock).__module__.startswith("gevent")
 
 
+def is_tls_socket(sock: object) -> bool:
+    """Whether ``sock`` speaks TLS (the standard library's SSL socket, or gevent's).
+
+    :param sock: a socket object.
+    """
+    if isinstance(sock, ssl.SSLSocket):
+        return True
+    # gevent's SSL socket is not a subclass of the standard one (unless monkey-patched).
+    gevent_ssl = sys.modules.get("gevent.ssl")
+    return gevent_ssl is not None and isinstance(sock, gevent_ssl.SSLSocket)
+
+
 def lean_environ(environ: dict[str, Any]) -> dict[str, Any] | None:
     """What a handed-off socket keeps of its environ, with its socket duplicated; else ``None``.
 
     Only gunicorn's gevent worker qualifies: its environ carries the client's
-    socket as ``gunicorn.socket``, and that socket is gevent's.
+    socket as ``gunicorn.socket``, and that socket is gevent's. Not a TLS socket:
+    it cannot be duplicated.
 
     :param environ: the WSGI environ of the upgrade request.
     """
     sock = environ.get("gunicorn.socket")
-    if sock is None or not is_gevent_socket(sock):
+    if sock is None or not is_gevent_socket(sock) or is_tls_socket(sock):
         return None
     lean = {key: value for key, value in environ.items() if key.startswith("HTTP_")}
     lean["gunicorn.socket"] = sock.dup()

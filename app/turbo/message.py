@@ -23,6 +23,9 @@ from .outbox import encode_text_frame
 #: The WebSocket subprotocol of the tagged format.
 SUBPROTOCOL = "turbocast.v1"
 
+#: Bytes a message counts for, beyond its HTML: a frame header and the tagged first line.
+FRAME_OVERHEAD = 64
+
 #: The stream a gap is answered with: Turbo fetches and renders the page again.
 REFRESH_HTML = b'<turbo-stream action="refresh"></turbo-stream>'
 
@@ -37,7 +40,7 @@ class Message:
     :param gap: whether this message stands for messages that can no longer be replayed.
     """
 
-    __slots__ = ("channel", "label", "id", "key", "html", "gap", "_plain", "_tagged")
+    __slots__ = ("channel", "label", "id", "key", "html", "gap", "size", "_plain", "_tagged")
 
     def __init__(
         self,
@@ -54,6 +57,8 @@ class Message:
         self.key: tuple[int, int] | None = parse_id(message_id) if message_id else None
         self.html = html
         self.gap = gap
+        #: What it counts against an outbox's bound: its HTML and a frame's overhead.
+        self.size = len(html) + FRAME_OVERHEAD
         self._plain: bytes | None = None
         self._tagged: bytes | None = None
 
@@ -108,7 +113,8 @@ class Cursor:
         if key is None:
             return True
         mark = self.marks.get(message.channel)
-        if mark is not None and key <= mark:
+        # A gap carries the newest id there is, which the socket may have already.
+        if mark is not None and (key < mark or (key == mark and not message.gap)):
             return False
         self.marks[message.channel] = key
         return True

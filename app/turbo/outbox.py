@@ -5,7 +5,8 @@ frames encoded once) and never touches a socket; the socket's own handler
 thread drains the queue and is the only thread that writes to that socket.
 A client that stops reading fills its own outbox and nothing else: when the
 bound is passed the outbox drops what it holds and asks the writer to close
-the socket with :data:`CLOSE_OUTBOX_OVERFLOW`.
+the socket with :data:`CLOSE_OUTBOX_OVERFLOW`. The bound is in bytes, so it
+means "this client is too slow", not "the writer was a little late".
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import queue
 import struct
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 #: Close code sent when a client reads too slowly and its outbox overflows.
 CLOSE_OUTBOX_OVERFLOW = 4001
+
+#: The default bound of an outbox: 1 MiB of messages waiting for one socket.
+DEFAULT_OUTBOX_BYTES = 1024 * 1024
 
 
 def encode_text_frame(payload: bytes) -> bytes:
@@ -66,23 +69,31 @@ _BEAT = _Control(HEARTBEAT)
 
 
 class Outbox:
-    """A bounded queue of messages for one socket, drained in batches by its one writer.
+    """A queue of messages for one socket, bounded by bytes, drained in batches by its one writer.
 
     Built on :class:`queue.SimpleQueue`: putting is one C call that never blocks
-    and wakes the writer only when it waits; no Python-level lock or condition
-    on the path of every message.
+    and wakes the writer only when it waits. The bound counts the bytes of the
+    messages that wait (as AnyCable and Centrifugo do, about 1 MB by default), not
+    their number: a burst of small messages to a client that reads is absorbed,
+    while a client that stops reading passes the bound and is closed with
+    :data:`CLOSE_OUTBOX_OVERFLOW`. Two counters, each written by one thread only
+    (the relay adds, the writer takes away), so no lock is needed on the path of
+    every message.
 
-    :param maxsize: how many messages may wait before the socket is closed
-        with :data:`CLOSE_OUTBOX_OVERFLOW`.
+    :param max_bytes: how many bytes of messages may wait before the socket is
+        closed with :data:`CLOSE_OUTBOX_OVERFLOW`.
     """
 
-    __slots__ = ("maxsize", "_queue", "_closing", "_lock", "_discard", "dropped")
+    __slots__ = ("max_bytes", "_queue", "_put_bytes", "_taken_bytes", "_closing", "_lock",
+                 "_discard", "dropped")  # fmt: skip
 
-    def __init__(self, maxsize: int) -> None:
-        if maxsize < 1:
-            raise ValueError("an outbox holds at least one message")
-        self.maxsize = maxsize
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 1:
+            raise ValueError("an outbox holds at least one byte")
+        self.max_bytes = max_bytes
         self._queue: queue.SimpleQueue[Message | _Control] = queue.SimpleQueue()
+        self._put_bytes = 0  # written by the relay thread only
+        self._taken_bytes = 0  # written by the writer only
         self._closing: Closing | None = None
         self._lock = threading.Lock()  # only for closing, which is rare
         self._discard = False  # after an overflow, what still waits is thrown away
@@ -90,7 +101,7 @@ class Outbox:
         self.dropped = 0
 
     def put(self, message: Message) -> bool:
-        """Queue one message; ``False`` when the outbox is closing or just overflowed.
+        """Queue one message; ``False`` when the outbox is closing or this message overflowed it.
 
         Only the relay thread puts messages.
 
@@ -98,26 +109,20 @@ class Outbox:
         """
         if self._closing is not None:
             return False
+        waiting = self._put_bytes - self._taken_bytes
+        self._put_bytes += message.size
         self._queue.put(message)
-        return not self.check_bound()
-
-    @property
-    def raw_put(self) -> Callable[[Message], None]:
-        """The queue's own put, for the relay's fan-out (see :meth:`check_bound`)."""
-        return self._queue.put
-
-    def check_bound(self) -> bool:
-        """After a raw put: if the bound is passed, close with 4001 and say so.
-
-        The relay puts a message into every outbox of a channel with the queues'
-        own ``put`` in one C-level loop (no Python bytecode between puts, so no
-        thread gets the GIL half-way through a broadcast), then checks the bounds.
-        """
-        if self._closing is None and self._queue.qsize() > self.maxsize:
+        # A message larger than the bound still goes to a client that has caught up.
+        if waiting and waiting + message.size > self.max_bytes:
             self._discard = True
             self.close(CLOSE_OUTBOX_OVERFLOW, "outbox overflow: client too slow")
-            return True
-        return False
+            return False
+        return True
+
+    @property
+    def pending_bytes(self) -> int:
+        """How many bytes of messages wait for the writer."""
+        return self._put_bytes - self._taken_bytes
 
     def put_control(self, event: object) -> None:
         """Queue a control event (a wsproto event) for the writer to encode and send.
@@ -178,6 +183,7 @@ class Outbox:
         closing = self._closing
         messages: list[Message] = [m for m in items if type(m) is not _Control]  # type: ignore[misc]
         controls = [m.event for m in items if type(m) is _Control and m is not _WAKE]
+        self._taken_bytes += sum(m.size for m in messages)
         if self._discard and messages:
             self.dropped += len(messages)
             messages = []

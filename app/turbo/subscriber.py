@@ -7,10 +7,12 @@ what the relay spends on one. Here redis-py still opens the connection (TLS,
 replies are read off its socket in one ``recv`` per batch and parsed by
 hiredis's C reader: every message that arrived together is handed over at once.
 
-Only the relay thread uses a :class:`Subscriber`. Silence is checked: after
-``health_check_interval`` seconds without a byte from Redis it sends ``PING``
-(answered on a subscribed connection too), and when that goes unanswered for as
-long again the connection counts as lost.
+Only the relay's listener thread uses a :class:`Subscriber`. It hands over
+messages and Redis's confirmations of each SUBSCRIBE, in the order Redis sent
+them: a channel counts as subscribed only once Redis confirmed it. Silence is
+checked: after ``health_check_interval`` seconds without a byte from Redis it
+sends ``PING`` (answered on a subscribed connection too), and when that goes
+unanswered for ``timeout`` seconds the connection counts as lost.
 """
 
 from __future__ import annotations
@@ -25,9 +27,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 # A subscribed connection's replies: [kind, channel, payload-or-count].
-_MESSAGE = b"message"
-_PONG = b"pong"
+#: The kind of a published message in what :meth:`Subscriber.read` returns.
+MESSAGE = b"message"
+#: The kind of Redis's confirmation of a SUBSCRIBE (one per channel).
+SUBSCRIBED = b"subscribe"
 _RECV_BYTES = 1 << 16
+
+#: What :meth:`Subscriber.read` returns: ``(kind, channel, payload)``.
+Event = tuple[bytes, bytes, bytes]
 
 
 class Subscriber:
@@ -36,6 +43,7 @@ class Subscriber:
     :param redis_url: the Redis server (``redis://``, ``rediss://`` or ``unix://``).
     :param health_check_interval: seconds of silence after which Redis is pinged;
         ``0`` turns the check off.
+    :param timeout: seconds to connect, and for an unanswered ``PING``.
     :param poll_interval: the longest :meth:`read` waits, so the relay can look
         at its stop flag and registry.
     :raises redis.ConnectionError: when Redis cannot be reached.
@@ -46,6 +54,7 @@ class Subscriber:
         redis_url: str,
         *,
         health_check_interval: float = 15.0,
+        timeout: float = 5.0,
         poll_interval: float = 1.0,
     ) -> None:
         # redis-py makes the connection (its own health checks off: they would
@@ -56,7 +65,8 @@ class Subscriber:
             protocol=2,
             health_check_interval=0,
             socket_keepalive=True,
-            socket_connect_timeout=5,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
         )
         self._conn: Any = pool.make_connection()
@@ -68,11 +78,12 @@ class Subscriber:
         self._sock: socket.socket = sock
         self._reader = hiredis.Reader()
         self._interval = health_check_interval
+        self._timeout = timeout
         self._heard = time.monotonic()
         self._pinged = False
 
     def subscribe(self, *channels: bytes) -> None:
-        """Subscribe to ``channels`` (the confirmations are read, and skipped, by :meth:`read`).
+        """Subscribe to ``channels``; :meth:`read` hands over Redis's confirmation of each.
 
         :param channels: channel names.
         """
@@ -88,11 +99,13 @@ class Subscriber:
     def _send(self, *args: bytes | str) -> None:
         self._conn.send_packed_command(self._conn.pack_command(*args), check_health=False)
 
-    def read(self) -> list[tuple[bytes, bytes]]:
-        """Wait up to the poll interval; return every message that arrived, in order.
+    def read(self) -> list[Event]:
+        """Wait up to the poll interval; return every message and confirmation that arrived.
 
-        :returns: ``(channel, payload)`` pairs; empty when nothing came (or only
-            confirmations and pongs).
+        :returns: ``(kind, channel, payload)`` in the order Redis sent them: kind
+            :data:`MESSAGE` with the published payload, or :data:`SUBSCRIBED` (payload
+            ``b""``) when Redis confirms a SUBSCRIBE; empty when nothing came (or
+            only pongs and unsubscribe confirmations).
         :raises redis.ConnectionError: when the connection is closed or silent
             past its health check.
         :raises redis.ResponseError: when Redis answers a command with an error.
@@ -110,25 +123,27 @@ class Subscriber:
         self._pinged = False
         reader = self._reader
         reader.feed(data)
-        messages: list[tuple[bytes, bytes]] = []
+        events: list[Event] = []
         try:
             reply = reader.gets()
             while reply is not False:
                 # (RESP3 pushes are a list subclass; this connection speaks RESP2.)
-                if isinstance(reply, list) and reply[0] == _MESSAGE:
-                    messages.append((reply[1], reply[2]))
+                if isinstance(reply, list) and reply[0] == MESSAGE:
+                    events.append((MESSAGE, reply[1], reply[2]))
+                elif isinstance(reply, list) and reply[0] == SUBSCRIBED:
+                    events.append((SUBSCRIBED, reply[1], b""))
                 elif isinstance(reply, hiredis.ReplyError):
                     raise redis.ResponseError(str(reply))
                 reply = reader.gets()
         except hiredis.ProtocolError as exc:
             raise redis.ConnectionError(f"Protocol error from Redis: {exc}") from exc
-        return messages
+        return events
 
     def _check_health(self) -> None:
         if not self._interval:
             return
         silent = time.monotonic() - self._heard
-        if self._pinged and silent >= 2 * self._interval:
+        if self._pinged and silent >= self._interval + self._timeout:
             raise redis.ConnectionError(f"Redis did not answer PING for {silent:.0f}s")
         if not self._pinged and silent >= self._interval:
             self._send("PING")

@@ -15,7 +15,7 @@ def web(request: pytest.FixtureRequest, redis_url: str, log_dir: Path) -> Iterat
     """gunicorn serving the app in each serving mode, with small limits that tests can reach."""
     server = WebServer(
         redis_url,
-        env={"TURBO_OUTBOX_SIZE": "8", "TURBO_SEND_TIMEOUT": "60", "TURBO_PING_INTERVAL": "5"},
+        env={"TURBO_OUTBOX_BYTES": "16384", "TURBO_SEND_TIMEOUT": "60", "TURBO_PING_INTERVAL": "5"},
         worker_class=request.param,
     ).start(log_dir)
     yield server

@@ -234,7 +234,7 @@ def test_peer_that_stops_reading_is_dropped_after_the_send_timeout(
     log_dir, redis_url, publisher, worker_class
 ):
     # A large outbox, so it is the stuck write, not an overflow, that ends the socket.
-    env = {"TURBO_SEND_TIMEOUT": "1", "TURBO_OUTBOX_SIZE": "1000", "TURBO_PING_INTERVAL": "0"}
+    env = {"TURBO_SEND_TIMEOUT": "1", "TURBO_OUTBOX_BYTES": "67108864", "TURBO_PING_INTERVAL": "0"}
     with _server_with_raw_peer(redis_url, log_dir, worker_class, env) as (web, client, sid, _):
         big = TurboStream.update("blob", Markup("x" * 64 * 1024))
         # Far more than the socket buffers hold; well under the outbox's bound.

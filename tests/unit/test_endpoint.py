@@ -49,10 +49,17 @@ def test_parse_positions_reads_stream_labels_with_the_stream_name_characters():
         ["s~1-0,b~"],
         ["s b~1-0"],
         ["s~" + "1" * 21 + "-0"],
+        [f"s~{2**64}-0"],  # 20 digits, past what Redis holds in an id
+        [f"s~1-{2**64}"],
     ],
 )
 def test_parse_positions_refuses_a_malformed_value(values):
     assert parse_positions(values) is None
+
+
+def test_parse_positions_takes_the_largest_id_redis_holds():
+    top = 2**64 - 1
+    assert parse_positions([f"s~{top}-{top}"]) == {"s": f"{top}-{top}"}
 
 
 # -- Server-Sent Events: one message as one event ------------------------------------------

@@ -194,14 +194,14 @@ def test_app_extensions_turbo_is_a_turbo_state(app):
 
 def test_init_app_fills_in_every_default_setting():
     app = Flask(__name__)
-    app.config["TURBO_OUTBOX_SIZE"] = 7
+    app.config["TURBO_OUTBOX_BYTES"] = 7
 
     Turbo(app)
 
     for key, value in DEFAULTS.items():
-        if key != "TURBO_OUTBOX_SIZE":
+        if key != "TURBO_OUTBOX_BYTES":
             assert app.config[key] == value
-    assert app.config["TURBO_OUTBOX_SIZE"] == 7
+    assert app.config["TURBO_OUTBOX_BYTES"] == 7
 
 
 def test_template_context_offers_turbo_stream_source(app):

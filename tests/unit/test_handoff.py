@@ -72,3 +72,36 @@ def test_join_waits_for_running_writers_and_reports_the_rest(caplog):
 
     release.set()
     assert handoff.join(timeout=5) == 0
+
+
+def test_a_tls_socket_is_served_where_it_is_not_handed_off():
+    # An SSL socket cannot be duplicated ("Can't dup() SSLSocket instances").
+    import gevent.ssl
+
+    a, b = gevent.socket.socketpair()
+    tls = gevent.ssl.SSLContext(gevent.ssl.PROTOCOL_TLS_CLIENT).wrap_socket(
+        a, server_hostname="localhost", do_handshake_on_connect=False
+    )
+    try:
+        assert handoff.is_gevent_socket(tls)
+        assert handoff.is_tls_socket(tls)
+        assert handoff.lean_environ({"gunicorn.socket": tls, "HTTP_COOKIE": "c"}) is None
+    finally:
+        tls.close()
+        b.close()
+
+
+def test_is_tls_socket_knows_the_standard_librarys_ssl_socket_too():
+    import ssl
+
+    a, b = socket.socketpair()
+    tls = ssl.create_default_context().wrap_socket(
+        a, server_hostname="localhost", do_handshake_on_connect=False
+    )
+    try:
+        assert handoff.is_tls_socket(tls)
+        assert not handoff.is_tls_socket(b)
+        assert not handoff.is_gevent_socket(tls)
+    finally:
+        tls.close()
+        b.close()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
+from typing import Any
 
 import pytest
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from app.turbo.message import Message
+from app.turbo.message import FRAME_OVERHEAD, Message
 from app.turbo.outbox import (
     CLOSE_OUTBOX_OVERFLOW,
     HEARTBEAT,
@@ -24,7 +26,12 @@ def msg(html: bytes) -> Message:
     return Message(b"turbo:broadcast", "b", None, html)
 
 
-def _decode(frame: bytes) -> list:
+def sized(size: int) -> Message:
+    """A message that counts exactly ``size`` bytes against an outbox's bound."""
+    return msg(b"x" * (size - FRAME_OVERHEAD))
+
+
+def _decode(frame: bytes) -> list[Any]:
     # What a browser (a client-side parser) makes of the bytes the server writes.
     parser = FrameProtocol(client=True, extensions=[])
     parser.receive_bytes(frame)
@@ -87,13 +94,19 @@ def test_encode_text_frame_counts_utf8_bytes_not_characters():
 # -- put and drain -------------------------------------------------------------------------
 
 
-def test_outbox_refuses_a_size_below_one():
-    with pytest.raises(ValueError, match="at least one"):
+def test_outbox_refuses_a_size_below_one_byte():
+    with pytest.raises(ValueError, match="at least one byte"):
         Outbox(0)
 
 
+def test_a_message_counts_its_html_and_the_frame_overhead():
+    assert msg(b"").size == FRAME_OVERHEAD
+    assert msg(b"<p>hi</p>").size == 9 + FRAME_OVERHEAD
+    assert sized(100).size == 100
+
+
 def test_drain_returns_everything_queued_in_order_as_one_batch():
-    outbox = Outbox(10)
+    outbox = Outbox(1024)
     messages = [msg(b"one"), msg(b"two"), msg(b"three")]
     for m in messages:
         assert outbox.put(m) is True
@@ -109,7 +122,7 @@ def test_drain_returns_everything_queued_in_order_as_one_batch():
 
 
 def test_drain_after_a_batch_starts_empty_again():
-    outbox = Outbox(10)
+    outbox = Outbox(1024)
     outbox.put(msg(b"one"))
     outbox.drain(0)
     two = msg(b"two")
@@ -120,13 +133,13 @@ def test_drain_after_a_batch_starts_empty_again():
 
 
 def test_drain_timeout_with_nothing_queued_returns_empty_lists():
-    outbox = Outbox(10)
+    outbox = Outbox(1024)
 
     assert outbox.drain(0.01) == ([], [], None)
 
 
 def test_put_control_is_delivered_when_no_data_frames_wait():
-    outbox = Outbox(10)
+    outbox = Outbox(1024)
     event = object()
 
     outbox.put_control(event)
@@ -138,7 +151,7 @@ def test_put_control_is_delivered_when_no_data_frames_wait():
 
 
 def test_put_control_is_accepted_after_close_so_a_close_echo_still_goes_out():
-    outbox = Outbox(10)
+    outbox = Outbox(1024)
     outbox.close(1000, "bye")
 
     outbox.put_control("close-echo")
@@ -146,48 +159,115 @@ def test_put_control_is_accepted_after_close_so_a_close_echo_still_goes_out():
     assert outbox.drain(0) == (["close-echo"], [], Closing(1000, "bye"))
 
 
-# -- overflow ------------------------------------------------------------------------------
+# -- the bound, in bytes -------------------------------------------------------------------
 
 
-def test_overflow_clears_pending_messages_and_asks_for_close_4001():
-    outbox = Outbox(2)
-    assert outbox.put(msg(b"a")) and outbox.put(msg(b"b"))
+def test_pending_bytes_counts_what_waits_and_returns_to_zero_when_drained():
+    outbox = Outbox(1000)
+    assert outbox.pending_bytes == 0
 
-    assert outbox.put(msg(b"c")) is False
+    outbox.put(sized(100))
+    outbox.put(sized(250))
+    outbox.put_control("pong")  # controls count nothing
+    outbox.beat()
+    assert outbox.pending_bytes == 350
+
+    outbox.drain(0)
+    assert outbox.pending_bytes == 0
+
+
+def test_outbox_holds_exactly_max_bytes_before_overflowing():
+    outbox = Outbox(300)
+
+    assert [outbox.put(sized(100)) for _ in range(3)] == [True, True, True]
+    assert outbox.pending_bytes == 300
+    assert outbox.closing is None
+
+    assert outbox.put(sized(FRAME_OVERHEAD)) is False  # one byte-less message too many
+    assert outbox.closing is not None and outbox.closing.code == CLOSE_OUTBOX_OVERFLOW
+
+
+def test_many_small_messages_fit_where_a_count_bound_would_have_closed():
+    # 1000 messages of about 100 bytes: a burst a client that reads absorbs.
+    outbox = Outbox(128 * 1024)
+
+    assert all(outbox.put(msg(b"<p>%d</p>" % i)) for i in range(1000))
+    assert outbox.closing is None
+
+
+def test_a_message_larger_than_the_bound_goes_to_an_empty_outbox():
+    outbox = Outbox(100)
+    big = sized(10_000)
+
+    assert outbox.put(big) is True
+    assert outbox.closing is None
+    assert outbox.pending_bytes == 10_000
+    assert outbox.drain(0) == ([], [big], None)
+
+
+def test_a_large_message_goes_again_once_the_writer_has_caught_up():
+    outbox = Outbox(100)
+    outbox.put(sized(10_000))
+    outbox.drain(0)
+
+    assert outbox.put(sized(10_000)) is True
+    assert outbox.closing is None
+
+
+def test_a_message_larger_than_the_bound_overflows_an_outbox_that_is_not_empty():
+    outbox = Outbox(100)
+    outbox.put(sized(FRAME_OVERHEAD))
+
+    assert outbox.put(sized(10_000)) is False
+    assert outbox.closing is not None and outbox.closing.code == CLOSE_OUTBOX_OVERFLOW
+
+
+def test_overflow_discards_pending_messages_and_asks_for_close_4001():
+    outbox = Outbox(200)
+    assert outbox.put(sized(100)) and outbox.put(sized(100))
+
+    assert outbox.put(sized(100)) is False
 
     assert outbox.closing is not None
     assert outbox.closing.code == CLOSE_OUTBOX_OVERFLOW == 4001
     assert "overflow" in outbox.closing.reason
     # The writer gets none of what waited: it is thrown away, and counted, on drain.
     assert outbox.drain(0) == ([], [], outbox.closing)
-    assert outbox.dropped == 3  # the two waiting plus the one refused
+    assert outbox.dropped == 3  # the two waiting plus the one that overflowed
     assert len(outbox) == 0
+    assert outbox.pending_bytes == 0
 
 
-def test_puts_after_overflow_are_refused_and_not_counted_again():
-    outbox = Outbox(1)
-    outbox.put(msg(b"a"))
-    outbox.put(msg(b"b"))  # overflow
+def test_controls_still_reach_the_writer_after_an_overflow():
+    outbox = Outbox(100)
+    outbox.put(sized(100))
+    outbox.put(sized(100))  # overflow
 
-    assert outbox.put(msg(b"c")) is False
+    outbox.put_control("close-echo")
+
+    controls, messages, closing = outbox.drain(0)
+    assert (controls, messages) == (["close-echo"], [])
+    assert closing is not None and closing.code == CLOSE_OUTBOX_OVERFLOW
+
+
+def test_puts_after_overflow_are_refused_and_neither_queued_nor_counted():
+    outbox = Outbox(100)
+    outbox.put(sized(100))
+    outbox.put(sized(100))  # overflow
+
+    assert outbox.put(sized(100)) is False
+    assert outbox.pending_bytes == 200  # the refused one is not counted
     outbox.drain(0)
     assert outbox.dropped == 2
     assert len(outbox) == 0
-
-
-def test_outbox_holds_exactly_maxsize_messages_before_overflowing():
-    outbox = Outbox(3)
-
-    assert [outbox.put(msg(b"x")) for _ in range(3)] == [True, True, True]
-    assert outbox.closing is None
-    assert outbox.dropped == 0
+    assert outbox.pending_bytes == 0
 
 
 # -- close ---------------------------------------------------------------------------------
 
 
 def test_close_first_reason_wins():
-    outbox = Outbox(10)
+    outbox = Outbox(1024)
 
     outbox.close(1000, "first")
     outbox.close(1001, "second")
@@ -196,9 +276,9 @@ def test_close_first_reason_wins():
 
 
 def test_close_after_overflow_keeps_the_overflow_reason():
-    outbox = Outbox(1)
-    outbox.put(msg(b"a"))
-    outbox.put(msg(b"b"))
+    outbox = Outbox(100)
+    outbox.put(sized(100))
+    outbox.put(sized(100))
 
     outbox.close(1000, "normal")
 
@@ -207,7 +287,7 @@ def test_close_after_overflow_keeps_the_overflow_reason():
 
 
 def test_close_with_no_code_means_send_no_close_frame():
-    outbox = Outbox(10)
+    outbox = Outbox(1024)
 
     outbox.close(None, "peer gone")
 
@@ -215,7 +295,7 @@ def test_close_with_no_code_means_send_no_close_frame():
 
 
 def test_puts_after_close_are_refused_and_messages_already_queued_are_still_drained():
-    outbox = Outbox(10)
+    outbox = Outbox(1024)
     before = msg(b"before")
     outbox.put(before)
     outbox.close(1001, "going away")
@@ -223,6 +303,83 @@ def test_puts_after_close_are_refused_and_messages_already_queued_are_still_drai
     assert outbox.put(msg(b"after")) is False
     assert outbox.dropped == 0
     assert outbox.drain(0) == ([], [before], Closing(1001, "going away"))
+    assert outbox.pending_bytes == 0
+
+
+# -- one relay thread putting, one writer thread draining ----------------------------------
+
+
+class _Producer:
+    """The relay's side: puts ``count`` messages of varied sizes from its own thread.
+
+    It lets the writer have the GIL after every put (``sleep(0)``: a yield, not a
+    wait), so puts and drains interleave as they do under load.
+    """
+
+    def __init__(self, outbox: Outbox, count: int) -> None:
+        self.outbox = outbox
+        self.messages = [msg(b"x" * (i * 37 % 2000)) for i in range(count)]
+        self.results: list[bool] = []
+        self.lowest_pending = 0  # as the relay thread saw it: never below zero
+        self.thread = threading.Thread(target=self._run, name="test-relay", daemon=True)
+
+    def _run(self) -> None:
+        for m in self.messages:
+            self.results.append(self.outbox.put(m))
+            self.lowest_pending = min(self.lowest_pending, self.outbox.pending_bytes)
+            time.sleep(0)
+
+
+def _drain_until_done(
+    outbox: Outbox, producer: _Producer, stall_after: int | None = None
+) -> list[Message]:
+    """The writer's side, in the test's thread: drain in batches until the relay is done
+    and nothing waits any more. With ``stall_after``, it stops reading once it got that
+    many, until the relay is done (a client that stops reading)."""
+    got: list[Message] = []
+    deadline = time.monotonic() + DEADLINE * 4
+    producer.thread.start()
+    while producer.thread.is_alive() or len(outbox):
+        assert time.monotonic() < deadline, "the writer did not catch up"
+        if stall_after is not None and len(got) >= stall_after and producer.thread.is_alive():
+            producer.thread.join(DEADLINE)
+            continue
+        _, messages, _ = outbox.drain(0.01)
+        got += messages
+    producer.thread.join(DEADLINE)
+    return got
+
+
+def test_concurrent_put_and_drain_deliver_everything_in_order_and_the_counters_meet():
+    outbox = Outbox(64 * 1024 * 1024)  # never overflows: every message gets through
+    producer = _Producer(outbox, 5_000)
+
+    got = _drain_until_done(outbox, producer)
+
+    assert all(producer.results)
+    assert len(got) == len(producer.messages)
+    assert all(g is m for g, m in zip(got, producer.messages, strict=True))
+    assert producer.lowest_pending >= 0
+    assert outbox.pending_bytes == 0
+    assert outbox.dropped == 0
+
+
+def test_concurrent_put_and_drain_through_an_overflow_account_for_every_message():
+    outbox = Outbox(20_000)
+    producer = _Producer(outbox, 5_000)
+
+    got = _drain_until_done(outbox, producer, stall_after=1000)  # then the client stalls
+
+    assert producer.lowest_pending >= 0
+    assert outbox.pending_bytes == 0
+    assert outbox.closing is not None and outbox.closing.code == CLOSE_OUTBOX_OVERFLOW
+    overflow = producer.results.index(False)
+    assert all(producer.results[:overflow])
+    assert not any(producer.results[overflow:])  # closed: everything after is refused
+    # Each message up to the one that overflowed was sent or thrown away, once, in order.
+    queued = producer.messages[: overflow + 1]
+    assert len(got) + outbox.dropped == len(queued)
+    assert all(g is m for g, m in zip(got, queued, strict=False))
 
 
 # -- a writer thread blocked in drain(None) ------------------------------------------------
@@ -235,7 +392,7 @@ class _Writer:
         self.outbox = outbox
         self.started = threading.Event()
         self.finished = threading.Event()
-        self.result: tuple | None = None
+        self.result: tuple[object, ...] | None = None
         self.thread = threading.Thread(target=self._run, name="test-writer", daemon=True)
         self.thread.start()
         assert self.started.wait(DEADLINE)
@@ -251,7 +408,7 @@ class _Writer:
 
 
 def test_writer_blocked_in_drain_wakes_on_put():
-    outbox = Outbox(10)
+    outbox = Outbox(1024)
     writer = _Writer(outbox)
     assert not writer.finished.wait(0.05), "drain(None) must block while there is no work"
 
@@ -264,7 +421,7 @@ def test_writer_blocked_in_drain_wakes_on_put():
 
 
 def test_writer_blocked_in_drain_wakes_on_put_control():
-    outbox = Outbox(10)
+    outbox = Outbox(1024)
     writer = _Writer(outbox)
     assert not writer.finished.wait(0.05)
 
@@ -276,7 +433,7 @@ def test_writer_blocked_in_drain_wakes_on_put_control():
 
 
 def test_writer_blocked_in_drain_wakes_on_close():
-    outbox = Outbox(10)
+    outbox = Outbox(1024)
     writer = _Writer(outbox)
     assert not writer.finished.wait(0.05)
 
@@ -288,7 +445,7 @@ def test_writer_blocked_in_drain_wakes_on_close():
 
 
 def test_beat_reaches_a_waiting_writer_as_the_heartbeat_control():
-    outbox = Outbox(10)
+    outbox = Outbox(1024)
     writer = _Writer(outbox)
     assert not writer.finished.wait(0.05)
 
@@ -300,7 +457,7 @@ def test_beat_reaches_a_waiting_writer_as_the_heartbeat_control():
 
 
 def test_beats_and_messages_drain_together():
-    outbox = Outbox(10)
+    outbox = Outbox(1024)
     outbox.put(msg(b"one"))
     outbox.beat()
     outbox.put(msg(b"two"))

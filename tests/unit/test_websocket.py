@@ -1,0 +1,731 @@
+"""app.turbo.connection: one WebSocket on real sockets, its handshake, reader and one writer."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import trustme
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
+from wsproto.extensions import PerMessageDeflate
+
+from app.turbo import connection
+from app.turbo.connection import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_POLICY_VIOLATION,
+    WebSocket,
+    socket_of,
+)
+from app.turbo.errors import HandshakeError, TurboError
+from app.turbo.message import SUBPROTOCOL, Message
+from app.turbo.outbox import Outbox
+from app.turbo.readers import Readers, readers
+from tests.support import wait_for
+
+SEND_TIMEOUT = 5.0
+
+
+def _message(n: int, html: bytes | None = None) -> Message:
+    return Message(b"turbo:session:x", "s", f"{n}-0", html or f"<p>{n}</p>".encode())
+
+
+class Peer:
+    """The browser's end: a wsproto client on a real socket, read with a deadline."""
+
+    def __init__(self, sock: Any, ws: WSConnection) -> None:
+        self.sock = sock
+        self.ws = ws
+        self.events: list[Any] = []
+        self.eof = False
+
+    def send(self, event: Any) -> None:
+        self.sock.sendall(self.ws.send(event))
+
+    def next(self, timeout: float = 5.0) -> Any:
+        """The next event; ``None`` at EOF; fails after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self.events:
+            if self.eof:
+                return None
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                raise AssertionError(f"nothing from the server within {timeout}s") from None
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self.eof = True
+                continue
+            self.ws.receive_data(data)
+            self.events.extend(self.ws.events())
+        return self.events.pop(0)
+
+    def next_of(self, kind: type, timeout: float = 5.0) -> Any:
+        """The next event of ``kind``, skipping others (pings, say)."""
+        while True:
+            event = self.next(timeout)
+            if event is None or isinstance(event, kind):
+                return event
+
+    def text(self, timeout: float = 5.0) -> str:
+        """The next whole text message (wsproto hands a long one over in parts)."""
+        parts = []
+        while True:
+            event = self.next_of(TextMessage, timeout)
+            assert event is not None, "the server hung up"
+            parts.append(event.data)
+            if event.message_finished:
+                return "".join(parts)
+
+    def texts(self, count: int) -> list[str]:
+        return [self.text() for _ in range(count)]
+
+
+def upgrade_environ(
+    sock: Any,
+    *,
+    server: str = "gunicorn.socket",
+    subprotocols: tuple[str, ...] = (),
+    deflate: bool = False,
+) -> tuple[WSConnection, dict[str, Any]]:
+    """A client's upgrade request as a WSGI server would hand it over, with its client."""
+    client = WSConnection(ConnectionType.CLIENT)
+    raw = client.send(
+        Request(
+            host="localhost",
+            target="/turbo-stream",
+            subprotocols=list(subprotocols),
+            extensions=[PerMessageDeflate()] if deflate else [],
+        )
+    )
+    request_line, *lines = raw.decode("latin-1").split("\r\n")
+    method, path, _ = request_line.split(" ")
+    environ: dict[str, Any] = {"REQUEST_METHOD": method, "PATH_INFO": path, server: sock}
+    for line in lines:
+        if line:
+            name, _, value = line.partition(":")
+            environ["HTTP_" + name.strip().upper().replace("-", "_")] = value.strip()
+    return client, environ
+
+
+def make_ws(environ: dict[str, Any], outbox: Outbox | None = None, **limits: Any) -> WebSocket:
+    options: dict[str, Any] = {
+        "send_timeout": SEND_TIMEOUT,
+        "max_incoming_bytes": 4096,
+        "max_incoming_rate": 50,
+    }
+    options.update(limits)
+    return WebSocket(environ, outbox if outbox is not None else Outbox(1 << 20), **options)
+
+
+@pytest.fixture(autouse=True)
+def short_close_wait(monkeypatch):
+    # Test peers seldom answer a close frame: wait for them less than 2 s.
+    monkeypatch.setattr(connection, "_CLOSE_WAIT", 0.3)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    server, client = socket.socketpair()
+    yield server, client
+    server.close()
+    client.close()
+
+
+def opened(
+    server_sock: Any, client_sock: Any, outbox: Outbox | None = None, **options: Any
+) -> tuple[WebSocket, Peer]:
+    """A socket through its handshake: accepted, the peer has its 101."""
+    subprotocols = options.pop("subprotocols", ())
+    server = options.pop("server", "gunicorn.socket")
+    client, environ = upgrade_environ(server_sock, server=server, subprotocols=subprotocols)
+    ws = make_ws(environ, outbox, **options)
+    ws.accept()
+    peer = Peer(client_sock, client)
+    assert isinstance(peer.next(), AcceptConnection)
+    return ws, peer
+
+
+class Serving:
+    """serve() in a thread of its own, as the handler thread would run it."""
+
+    def __init__(self, ws: WebSocket, replay: list[Message] | None = None) -> None:
+        self.ws = ws
+        self.reason: str | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(replay or [],), daemon=True)
+        self.thread.start()
+
+    def _run(self, replay: list[Message]) -> None:
+        try:
+            self.reason = self.ws.serve(replay)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            self.error = exc
+
+    def result(self, timeout: float = 10.0) -> str | None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "serve() did not return"
+        return self.reason
+
+
+def _wait(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {condition}"
+        time.sleep(0.01)
+
+
+# -- the handshake ------------------------------------------------------------------------
+
+
+def test_a_good_upgrade_is_parsed_and_nothing_is_sent_before_accept(pair):
+    server_sock, client_sock = pair
+    _, environ = upgrade_environ(server_sock, server="werkzeug.socket")
+
+    ws = make_ws(environ)
+
+    assert ws.mode == "werkzeug"
+    assert ws.tagged is False
+    client_sock.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        client_sock.recv(1)
+
+
+@pytest.mark.parametrize("version", ["8", None])
+def test_a_wrong_or_missing_version_is_refused_with_400_and_the_version_spoken(pair, version):
+    _, environ = upgrade_environ(pair[0])
+    if version is None:
+        del environ["HTTP_SEC_WEBSOCKET_VERSION"]
+    else:
+        environ["HTTP_SEC_WEBSOCKET_VERSION"] = version
+
+    with pytest.raises(HandshakeError) as refused:
+        make_ws(environ)
+
+    assert isinstance(refused.value, TurboError)
+    assert refused.value.status == 400
+    assert refused.value.headers == {"Sec-WebSocket-Version": "13"}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda env: env.pop("HTTP_SEC_WEBSOCKET_KEY"), id="no key"),
+        pytest.param(lambda env: env.update(HTTP_SEC_WEBSOCKET_KEY="c2hvcnQ="), id="short key"),
+        pytest.param(lambda env: env.update(HTTP_SEC_WEBSOCKET_KEY="not base64!"), id="bad key"),
+        pytest.param(lambda env: env.pop("HTTP_UPGRADE"), id="no upgrade"),
+        pytest.param(lambda env: env.pop("HTTP_CONNECTION"), id="no connection"),
+        pytest.param(lambda env: env.update(REQUEST_METHOD="POST"), id="post"),
+        pytest.param(lambda env: env.update(HTTP_X_BAD="a\x00b"), id="bad header"),
+    ],
+)
+def test_a_malformed_upgrade_is_refused_with_400_and_nothing_sent(pair, change):
+    server_sock, client_sock = pair
+    _, environ = upgrade_environ(server_sock)
+    change(environ)
+
+    with pytest.raises(HandshakeError) as refused:
+        make_ws(environ)
+
+    assert refused.value.status == 400
+    client_sock.settimeout(0.1)
+    with pytest.raises(TimeoutError):
+        client_sock.recv(1)
+
+
+def test_a_server_that_does_not_give_its_socket_is_a_500(pair):
+    _, environ = upgrade_environ(pair[0])
+    del environ["gunicorn.socket"]
+
+    with pytest.raises(HandshakeError) as refused:
+        make_ws(environ)
+
+    assert refused.value.status == 500
+
+
+def test_the_socket_is_found_where_each_server_puts_it(pair):
+    sock = pair[0]
+    assert socket_of({"werkzeug.socket": sock}) == (sock, "werkzeug")
+    assert socket_of({"gunicorn.socket": sock}) == (sock, "gunicorn")
+
+
+def test_gevents_own_server_is_reached_through_its_input_descriptor(pair):
+    # For an upgrade gevent.pywsgi hands over the connection's file as wsgi.input.
+    rfile = pair[0].makefile("rb")
+    environ = {"SERVER_SOFTWARE": "gevent/26.9", "wsgi.input": rfile, "wsgi.url_scheme": "http"}
+
+    sock, mode = socket_of(environ)
+    try:
+        assert mode == "gevent"
+        assert type(sock).__module__.startswith("gevent")
+        assert sock.fileno() != pair[0].fileno()
+        sock.sendall(b"same connection")
+        assert pair[1].recv(64) == b"same connection"
+    finally:
+        sock.close()
+        rfile.close()
+
+    with pytest.raises(HandshakeError):  # through TLS, the descriptor alone is no use
+        socket_of({**environ, "wsgi.url_scheme": "https"})
+
+
+def test_accept_chooses_turbocast_v1_when_offered_and_no_extension(pair):
+    server_sock, client_sock = pair
+    client, environ = upgrade_environ(
+        server_sock, subprotocols=("other", SUBPROTOCOL), deflate=True
+    )
+    ws = make_ws(environ)
+
+    ws.accept()
+
+    accepted = Peer(client_sock, client).next()
+    assert isinstance(accepted, AcceptConnection)
+    assert accepted.subprotocol == SUBPROTOCOL
+    assert accepted.extensions == []
+    assert ws.tagged is True
+    ws.abort(1000, "done")
+
+
+def test_accept_chooses_no_subprotocol_when_turbocast_v1_is_not_offered(pair):
+    ws, peer = opened(*pair, subprotocols=("other",))
+    assert ws.subprotocol is None
+    assert ws.tagged is False
+    ws.abort(1000, "done")
+
+
+def test_accept_is_called_once(pair):
+    ws, _ = opened(*pair)
+    with pytest.raises(RuntimeError):
+        ws.accept()
+    ws.abort(1000, "done")
+
+
+# -- the writer -----------------------------------------------------------------------------
+
+
+def test_serve_sends_the_replay_then_the_outbox_once_each(pair):
+    outbox = Outbox(1 << 20)
+    ws, peer = opened(pair[0], pair[1], outbox)
+    replay = [_message(1), _message(2)]
+    outbox.put(_message(2))  # in both: sent once
+    outbox.put(_message(3))
+
+    serving = Serving(ws, replay)
+
+    assert peer.texts(3) == ["<p>1</p>", "<p>2</p>", "<p>3</p>"]
+    assert replay == []
+    outbox.close(1000, "bye")
+    assert serving.result() == "bye"
+    close = peer.next_of(CloseConnection)
+    assert close.code == 1000
+
+
+def test_a_tagged_socket_gets_the_label_and_id_first(pair):
+    outbox = Outbox(1 << 20)
+    ws, peer = opened(pair[0], pair[1], outbox, subprotocols=(SUBPROTOCOL,))
+    outbox.put(_message(7))
+    serving = Serving(ws)
+
+    assert peer.texts(1) == ["m s 7-0\n<p>7</p>"]
+    outbox.close(1001, "going away")
+    assert serving.result() == "going away"
+
+
+def test_a_client_close_is_echoed_through_the_writer_and_ends_serve(pair):
+    ws, peer = opened(*pair)
+    serving = Serving(ws)
+
+    peer.send(CloseConnection(code=1000, reason="page closed"))
+
+    echo = peer.next_of(CloseConnection)
+    assert echo.code == 1000
+    assert serving.result() == "client closed (1000)"
+    assert peer.next() is None  # then the server hangs up
+    assert ws not in readers()
+
+
+def test_a_client_ping_is_answered_by_the_writer(pair):
+    ws, peer = opened(*pair)
+    serving = Serving(ws)
+
+    peer.send(Ping(payload=b"are you there"))
+
+    assert peer.next_of(Pong).payload == b"are you there"
+    ws.outbox.close(1000, "done")
+    serving.result()
+
+
+def test_heartbeats_ping_and_a_peer_that_answers_stays(pair):
+    ws, peer = opened(*pair)
+    serving = Serving(ws)
+    for _ in range(3):
+        ws.outbox.beat()
+        ping = peer.next_of(Ping)
+        peer.send(ping.response())
+        _wait(lambda: ws._pong_received)
+    ws.outbox.put(_message(1))
+    assert peer.texts(1) == ["<p>1</p>"]
+    ws.outbox.close(1000, "done")
+    assert serving.result() == "done"
+
+
+def test_a_peer_that_did_not_pong_the_last_heartbeat_is_dropped(pair):
+    ws, peer = opened(*pair)
+    serving = Serving(ws)
+
+    ws.outbox.beat()
+    assert isinstance(peer.next_of(Ping), Ping)  # and not answered
+    ws.outbox.beat()
+
+    assert serving.result() == "heartbeat timeout: no pong"
+    assert ws.outbox.closing is None  # the reader did not rewrite why it ended
+    assert ws.sock.fileno() == -1
+
+
+def test_serve_ends_when_the_peer_hangs_up_and_cleans_up(pair):
+    ws, peer = opened(*pair)
+    serving = Serving(ws)
+
+    peer.sock.shutdown(socket.SHUT_RDWR)
+
+    assert serving.result() == "peer disconnected"
+    assert ws not in readers()
+    assert ws.sock.fileno() == -1
+
+
+def test_a_peer_that_stops_reading_is_dropped_after_the_send_timeout():
+    server_sock, client_sock = socket.socketpair()
+    server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        outbox = Outbox(1 << 30)
+        ws, _ = opened(server_sock, client_sock, outbox, send_timeout=0.3)
+        for n in range(200):
+            outbox.put(_message(n, b"x" * 8192))
+        started = time.monotonic()
+        serving = Serving(ws)
+
+        assert serving.result() == "write failed: BlockingIOError"
+        assert time.monotonic() - started < 5
+    finally:
+        server_sock.close()
+        client_sock.close()
+
+
+def test_serve_sends_1011_when_it_fails_and_still_cleans_up(pair, monkeypatch):
+    ws, peer = opened(*pair)
+
+    def broken(messages, cursor):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ws, "_write", broken)
+    ws.outbox.put(_message(1))
+    serving = Serving(ws)
+
+    serving.result()
+    assert isinstance(serving.error, RuntimeError)
+    assert peer.next_of(CloseConnection).code == CLOSE_INTERNAL_ERROR
+    assert ws not in readers()
+    ws.abort(CLOSE_INTERNAL_ERROR, "again")  # the endpoint's abort afterwards: nothing
+
+
+# -- what clients send ---------------------------------------------------------------------
+
+
+def test_a_message_larger_than_the_limit_is_closed_with_1009(pair):
+    ws, peer = opened(*pair, max_incoming_bytes=100)
+    serving = Serving(ws)
+
+    peer.send(TextMessage(data="x" * 101))
+
+    assert peer.next_of(CloseConnection).code == CLOSE_MESSAGE_TOO_BIG
+    assert serving.result() == "message too big"
+
+
+def test_a_large_message_is_refused_before_it_has_all_arrived(pair):
+    ws, peer = opened(*pair, max_incoming_bytes=100)
+    serving = Serving(ws)
+
+    peer.send(BytesMessage(data=b"x" * 80, message_finished=False))
+    peer.send(BytesMessage(data=b"x" * 80, message_finished=False))
+
+    assert peer.next_of(CloseConnection).code == CLOSE_MESSAGE_TOO_BIG
+    serving.result()
+
+
+def test_small_messages_are_ignored_and_a_flood_is_closed_with_1008(pair):
+    ws, peer = opened(*pair, max_incoming_rate=5)
+    serving = Serving(ws)
+    for _ in range(5):
+        peer.send(TextMessage(data="hi"))
+    ws.outbox.put(_message(1))
+    assert peer.texts(1) == ["<p>1</p>"]  # still open
+
+    peer.send(TextMessage(data="hi"))
+
+    assert peer.next_of(CloseConnection).code == CLOSE_POLICY_VIOLATION
+    assert serving.result() == "too many messages from client"
+
+
+def test_garbage_from_the_client_closes_the_socket(pair):
+    ws, peer = opened(*pair)
+    serving = Serving(ws)
+
+    peer.sock.sendall(b"\xff" * 32)  # not a masked frame
+
+    assert (serving.result() or "").startswith("client closed (1002)")
+    close = peer.next_of(CloseConnection)
+    assert close is None or close.code == 1002
+
+
+# -- abort and failures after the 101 --------------------------------------------------------
+
+
+def test_abort_sends_one_close_frame_unregisters_and_closes(pair):
+    ws, peer = opened(*pair)
+    assert ws in readers()
+
+    ws.abort(CLOSE_INTERNAL_ERROR, "internal error")
+    ws.abort(CLOSE_INTERNAL_ERROR, "internal error")
+
+    close = peer.next_of(CloseConnection)
+    assert (close.code, close.reason) == (CLOSE_INTERNAL_ERROR, "internal error")
+    assert peer.next() is None
+    assert ws not in readers()
+    assert ws.sock.fileno() == -1
+    with pytest.raises(RuntimeError):
+        ws.serve([])  # nothing left to serve
+
+
+def test_abort_before_accept_sends_no_frame(pair):
+    server_sock, client_sock = pair
+    _, environ = upgrade_environ(server_sock)
+    ws = make_ws(environ)
+
+    ws.abort(CLOSE_INTERNAL_ERROR, "internal error")
+
+    client_sock.settimeout(2)
+    assert client_sock.recv(64) == b""  # EOF: no 101, no close frame
+
+
+def test_a_failure_right_after_the_101_closes_with_1011_and_leaves_no_registration(
+    pair, monkeypatch
+):
+    server_sock, client_sock = pair
+    client, environ = upgrade_environ(server_sock)
+    ws = make_ws(environ)
+    fd = ws.fileno()
+
+    def refuse(self, conn):
+        raise OSError("no more watches")
+
+    monkeypatch.setattr(Readers, "add", refuse)
+    with pytest.raises(OSError, match="no more watches"):
+        ws.accept()
+
+    peer = Peer(client_sock, client)
+    assert isinstance(peer.next(), AcceptConnection)
+    assert peer.next_of(CloseConnection).code == CLOSE_INTERNAL_ERROR
+    assert fd not in readers()._selector.get_map()
+    ws.abort(CLOSE_INTERNAL_ERROR, "again")  # idempotent
+
+
+def test_werkzeug_closes_the_socket_itself_and_finds_it_shut(pair):
+    ws, peer = opened(*pair, server="werkzeug.socket")
+    ws.abort(1001, "bye")
+
+    assert peer.next_of(CloseConnection).code == 1001
+    assert ws.sock.fileno() != -1  # left to werkzeug, which writes its response...
+    with pytest.raises(BrokenPipeError):  # ...and finds a broken pipe, quietly
+        ws.sock.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert peer.next() is None
+
+
+# -- send timeouts --------------------------------------------------------------------------
+
+
+def test_a_plain_socket_gets_a_send_timeout_only(pair):
+    ws, _ = opened(*pair, send_timeout=1.5)
+    try:
+        seconds, micros = struct.unpack(
+            "ll", ws.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16)
+        )
+        assert seconds + micros / 1e6 == pytest.approx(1.5, abs=0.01)
+        assert ws.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) == bytes(16)
+        assert ws.sock.gettimeout() is None
+    finally:
+        ws.abort(1000, "done")
+
+
+# -- a gevent socket ------------------------------------------------------------------------
+
+
+def test_a_gevent_socket_is_read_by_a_greenlet_of_its_own_and_sent_with_its_timeout():
+    import gevent
+    import gevent.socket
+
+    server_sock, client_sock = gevent.socket.socketpair()
+    try:
+        ws, peer = opened(server_sock, client_sock, send_timeout=2.0)
+        assert ws.gevent and ws.sock.gettimeout() == 2.0
+        # Not the shared reader: gevent's selector misses sockets registered while
+        # it selects.
+        assert ws not in readers()
+
+        peer.send(Ping(payload=b"p"))
+
+        def controls() -> list:
+            gevent.sleep(0.01)  # lets the reader greenlet run (no monkey-patching here)
+            return ws.outbox.drain(0)[0]
+
+        assert isinstance(wait_for(controls, timeout=5, what="the pong")[0], Pong)
+        ws.abort(1000, "done")
+        assert peer.next_of(CloseConnection).code == 1000
+    finally:
+        server_sock.close()
+        client_sock.close()
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_pair(ca: trustme.CA) -> Iterator[tuple[ssl.SSLSocket, ssl.SSLSocket]]:
+    """Both ends of a TLS connection, as gunicorn --certfile hands over the server's."""
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    a, b = socket.socketpair()
+    server = server_ctx.wrap_socket(a, server_side=True, do_handshake_on_connect=False)
+    client = client_ctx.wrap_socket(b, server_hostname="localhost", do_handshake_on_connect=False)
+    handshake = threading.Thread(target=server.do_handshake)
+    handshake.start()
+    client.do_handshake()
+    handshake.join()
+    yield server, client
+    server.close()
+    client.close()
+
+
+def _tls_readers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "turbo-reader-tls"]
+
+
+def test_a_tls_socket_gets_a_reader_of_its_own_that_stops_with_it(tls_pair):
+    before = len(_tls_readers())
+    ws, peer = opened(*tls_pair)
+    assert ws.tls
+    assert ws not in readers()
+    assert len(_tls_readers()) == before + 1
+    serving = Serving(ws)
+
+    peer.send(Ping(payload=b"tls"))
+    assert peer.next_of(Pong).payload == b"tls"
+    peer.send(CloseConnection(code=1000))
+    assert peer.next_of(CloseConnection).code == 1000
+
+    assert serving.result() == "client closed (1000)"
+    _wait(lambda: len(_tls_readers()) == before)
+
+
+def test_tls_reads_and_writes_at_once_without_corrupting_the_stream(tls_pair):
+    # The reader thread reads pings while the writer sends: one SSL object, two threads.
+    outbox = Outbox(1 << 30)
+    ws, peer = opened(tls_pair[0], tls_pair[1], outbox, max_incoming_rate=10**6)
+    count = 3000
+    for n in range(count):
+        outbox.put(_message(n, b"<p>" + str(n).encode() * 50 + b"</p>"))
+    serving = Serving(ws)
+    # The client is one thread (its SSL object is not shared): a ping per event read.
+    texts: list[str] = []
+    parts, pings, pongs = "", 0, 0
+    while len(texts) < count:
+        peer.send(Ping(payload=os.urandom(8)))
+        pings += 1
+        event = peer.next(10)
+        assert event is not None, "the server hung up"
+        if isinstance(event, TextMessage):
+            parts += event.data
+            if event.message_finished:
+                texts.append(parts)
+                parts = ""
+        elif isinstance(event, Pong):
+            pongs += 1
+    assert texts == [f"<p>{str(n) * 50}</p>" for n in range(count)]
+    while pongs < pings:  # every ping was read whole, and answered
+        assert isinstance(peer.next_of(Pong), Pong)
+        pongs += 1
+    outbox.close(1000, "done")
+    assert serving.result() == "done"
+
+
+def test_a_tls_peer_that_stops_reading_is_dropped_after_the_send_timeout(ca):
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    server = server_ctx.wrap_socket(a, server_side=True, do_handshake_on_connect=False)
+    client = client_ctx.wrap_socket(b, server_hostname="localhost", do_handshake_on_connect=False)
+    handshake = threading.Thread(target=server.do_handshake)
+    handshake.start()
+    client.do_handshake()
+    handshake.join()
+    try:
+        outbox = Outbox(1 << 30)
+        ws, _ = opened(server, client, outbox, send_timeout=0.3)
+        for n in range(200):
+            outbox.put(_message(n, b"x" * 8192))
+        started = time.monotonic()
+
+        assert Serving(ws).result() == "write failed: TimeoutError"
+        assert time.monotonic() - started < 5
+        _wait(lambda: not any(t.is_alive() for t in _tls_readers()))
+    finally:
+        server.close()
+        client.close()
+
+
+def test_close_codes_keep_their_public_names():
+    assert connection.CLOSE_GOING_AWAY == 1001
+    assert connection.CLOSE_POLICY_VIOLATION == 1008
+    assert connection.CLOSE_MESSAGE_TOO_BIG == 1009
+    assert connection.CLOSE_INTERNAL_ERROR == 1011
+
+
+def test_the_handshake_keeps_wsprotos_accept_token(pair):
+    # The 101 answers this client's key (wsproto checks it on the client side).
+    server_sock, client_sock = pair
+    client, environ = upgrade_environ(server_sock)
+    assert len(base64.b64decode(environ["HTTP_SEC_WEBSOCKET_KEY"])) == 16
+    ws = make_ws(environ)
+    ws.accept()
+    assert isinstance(Peer(client_sock, client).next(), AcceptConnection)
+    ws.abort(1000, "done")

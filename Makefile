@@ -1,14 +1,16 @@
 # The two commands a fresh machine needs: `make run` and `make test`.
 # Both install what is missing first: a virtualenv in .venv with the project,
-# Turbo's JavaScript from package-lock.json, and (for tests) Debian's chromium.
+# Turbo's JavaScript from package-lock.json, and (for tests) Debian's chromium,
+# docker-compose and nginx.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
-# Debian packages the tests drive: the browser, and compose to check docker-compose.yml.
-TEST_DEBS := chromium docker-compose
+# Debian packages the tests drive, as command=package: the browser, compose to check
+# docker-compose.yml, and nginx to run docs/deploy/nginx.conf.template in front of gunicorn.
+TEST_DEBS := chromium=chromium docker-compose=docker-compose nginx=nginx
 
 .PHONY: run test install assets system-deps lint bench clean
 
@@ -26,7 +28,10 @@ $(NODE_STAMP): package.json package-lock.json
 
 system-deps:
 	@missing=""; \
-	for pkg in $(TEST_DEBS); do command -v $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	for dep in $(TEST_DEBS); do \
+	  cmd=$${dep%%=*}; pkg=$${dep#*=}; \
+	  command -v $$cmd >/dev/null 2>&1 || test -x /usr/sbin/$$cmd || missing="$$missing $$pkg"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	  echo "installing$$missing with apt-get"; \

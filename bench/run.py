@@ -80,6 +80,14 @@ TARGETS = {
         lambda port, n: [PY, "-m", "bench.servers.floor", "--port", str(port), "--redis", "{redis}"],
         path="/",
     ),
+    # flask-sock's documented route under the same gunicorn command line as
+    # turbocast-threads; it speaks the floor's protocol (?sid=, plain PUBLISH).
+    "flasksock-threads": Target(
+        "flasksock-threads", "floor",
+        lambda port, n: gunicorn("bench.servers.flasksock_app:create_app()", "gthread", n + 64)
+        + ["-b", f"127.0.0.1:{port}"],
+        path="/ws",
+    ),
     "socketio-threads": Target(
         "socketio-threads", "socketio",
         lambda port, n: gunicorn("bench.servers.socketio_app:create_app()", "gthread", n + 64, False)

@@ -9,10 +9,10 @@ Who does what, for one socket:
   **writer** (:meth:`~WebSocket.serve`): messages, pongs, the close echo and the
   heartbeat's pings all go out from it, in order.
 - **A reader** only reads: the process's shared reader (:mod:`app.turbo.readers`:
-  epoll over every plain socket) in threads mode; a reader of its own for a TLS
-  socket (a thread) and for every socket under gevent (a greenlet waiting in
-  gevent's ``recv``). What must be answered (a pong, the echo of a client's
-  close) goes to the writer through the socket's outbox.
+  epoll over every plain socket) in threads mode; under gevent, a read watcher
+  of gevent's own loop per socket; a reader of its own for a TLS socket (a
+  thread, or a greenlet under gevent). What must be answered (a pong, the echo
+  of a client's close) goes to the writer through the socket's outbox.
 - **Closing** is the writer's: :meth:`~WebSocket.serve` ends with its ``finally``,
   :meth:`~WebSocket.abort` when something failed before or around it. Either
   sends FIN after the last frame, waits briefly for the peer's answer, stops the
@@ -82,6 +82,8 @@ CLOSE_MESSAGE_TOO_BIG = 1009
 #: Close code when the server failed after the 101 (the client should reconnect).
 CLOSE_INTERNAL_ERROR = 1011
 
+# gevent's loop: watch for readability (libev's and libuv's EV_READ).
+_GEVENT_READ = 1
 # What one read asks for: a plain socket's pongs are tiny; a TLS record is up to 16 KiB.
 _RECEIVE_BYTES = 4096
 _TLS_RECEIVE_BYTES = 16384
@@ -285,12 +287,20 @@ class WebSocket:
         return sock.sendall  # type: ignore[no-any-return]
 
     def _start_reading(self) -> None:
-        if self.gevent:
+        if self.gevent and not self.tls:
             # Not the shared reader: gevent's selector watches only the descriptors
             # registered when its select() began (a new socket waited up to a poll
             # for its first read), and one unregistered and closed under a running
             # select() left a watcher on a descriptor reused by the next socket, whose
-            # writer then never woke. A greenlet per socket waits in gevent's own recv.
+            # writer then never woke. Instead a read watcher of gevent's own loop per
+            # socket (no greenlet: an idle socket costs a few bytes, not a stack),
+            # whose callback reads without waiting, as the shared reader does.
+            from gevent import get_hub
+
+            watcher = get_hub().loop.io(self.sock.fileno(), _GEVENT_READ)
+            watcher.start(self._on_readable)
+            self._reader = watcher
+        elif self.gevent:
             import gevent
 
             self._reader = gevent.spawn(self._read_gevent)
@@ -314,7 +324,11 @@ class WebSocket:
         The shared reader calls this when epoll says the socket is readable.
         """
         try:
-            data = self.sock.recv(_RECEIVE_BYTES, socket.MSG_DONTWAIT)
+            if self.gevent:
+                # gevent's own recv would wait; its descriptor is non-blocking, so read it.
+                data = os.read(self.sock.fileno(), _RECEIVE_BYTES)
+            else:
+                data = self.sock.recv(_RECEIVE_BYTES, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return True
         except OSError:
@@ -366,8 +380,18 @@ class WebSocket:
         _wait_for(self.sock.fileno(), select.POLLOUT, _TLS_POLL_SECONDS)
         return b"".join(chunks), True, False
 
+    def _on_readable(self) -> None:
+        """gevent's loop says a plain socket is readable: read it (in the hub, never waiting)."""
+        try:
+            alive = self.read_ready()
+        except Exception:  # noqa: BLE001 - the hub must go on; this socket is done
+            logger.exception("turbocast: reading a socket failed")
+            alive = False
+        if not alive and self._reader is not None and self._reader != "shared":
+            self._reader.stop()
+
     def _read_gevent(self) -> None:
-        """A socket's reader greenlet under gevent: a plain blocking read, gevent waits for it."""
+        """A TLS socket's reader greenlet under gevent: a blocking read, gevent waits for it."""
         try:
             while not self._stop:
                 try:
@@ -590,6 +614,10 @@ class WebSocket:
             return
         if reader == "shared":
             readers().remove(self)
+            return
+        if self.gevent and not self.tls:
+            reader.stop()  # a loop watcher: stopped, it calls back no more
+            reader.close()
             return
         # A TLS reader: shutting the socket down wakes it (EOF); it sees _stop.
         self._stop = True

@@ -579,7 +579,7 @@ def test_a_plain_socket_gets_a_send_timeout_only(pair):
 # -- a gevent socket ------------------------------------------------------------------------
 
 
-def test_a_gevent_socket_is_read_by_a_greenlet_of_its_own_and_sent_with_its_timeout():
+def test_a_gevent_socket_is_read_by_a_loop_watcher_and_sent_with_its_timeout():
     import gevent
     import gevent.socket
 
@@ -594,7 +594,7 @@ def test_a_gevent_socket_is_read_by_a_greenlet_of_its_own_and_sent_with_its_time
         peer.send(Ping(payload=b"p"))
 
         def controls() -> list:
-            gevent.sleep(0.01)  # lets the reader greenlet run (no monkey-patching here)
+            gevent.sleep(0.01)  # runs gevent's loop, which reads (no monkey-patching here)
             return ws.outbox.drain(0)[0]
 
         assert isinstance(wait_for(controls, timeout=5, what="the pong")[0], Pong)

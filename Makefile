@@ -55,7 +55,8 @@ bench: install
 lint: install
 	$(VENV)/bin/ruff check app workers tests bench
 	$(VENV)/bin/ruff format --check app workers tests bench
-	$(VENV)/bin/mypy app workers
+	mkdir -p build/typecheck && ln -sfn ../../app/turbo build/typecheck/turbocast
+	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache *.egg-info build

@@ -57,7 +57,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from app.turbo import DEFAULTS as TURBO_DEFAULTS
+from turbocast import DEFAULTS as TURBO_DEFAULTS
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def celery_config(config: Mapping[str, Any]) -> dict[str, Any]:
         "task_ignore_result": True,
         "broker_connection_retry_on_startup": True,
         # The core's send_later()/broadcast_later() task; workers add their own tasks.
-        "include": ["app.turbo.tasks"],
+        "include": ["turbocast.tasks"],
         **config.get("CELERY", {}),
     }
 

@@ -1,5 +1,5 @@
 """Extension instances, created unbound; ``create_app`` binds them."""
 
-from app.turbo import Turbo
+from turbocast import Turbo
 
 turbo = Turbo()

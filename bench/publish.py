@@ -23,7 +23,7 @@ def sender(
     if kind == "turbocast":
         from markupsafe import Markup
 
-        from app.turbo import Publisher
+        from turbocast import Publisher
 
         publisher = Publisher(redis_url)
 

@@ -57,7 +57,7 @@ class Target:
 def gunicorn(app: str, worker: str, threads: int, hooks: bool = True) -> list[str]:
     args = [PY, "-m", "gunicorn"]
     if hooks:
-        args += ["-c", "python:app.turbo.gunicorn_hooks"]
+        args += ["-c", "python:turbocast.gunicorn_hooks"]
     args += ["-w", "1", "-k", worker, "--no-control-socket", "--backlog", "4096"]
     # gthread caps its clients at --worker-connections too (1000 by default).
     args += ["--worker-connections", str(max(threads, 1000))]

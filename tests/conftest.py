@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from app.embedded_redis import EmbeddedRedis
-from app.turbo import Publisher
 from tests.support import Certificates
+from turbocast import Publisher
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -165,7 +165,7 @@ class WebServer(ManagedProcess):
         self._spawn(
             [
                 sys.executable, "-m", "gunicorn",
-                "-c", "python:app.turbo.gunicorn_hooks",
+                "-c", "python:turbocast.gunicorn_hooks",
                 "--bind", f"127.0.0.1:{self.port}",
                 *(["--certfile", str(tls.cert), "--keyfile", str(tls.key)] if tls else []),
                 "--workers", str(self.workers),

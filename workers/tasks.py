@@ -11,7 +11,7 @@ from flask import current_app
 
 from app.demo import services
 from app.extensions import turbo
-from app.turbo import MessageTooLargeError, PublishError
+from turbocast import MessageTooLargeError, PublishError
 
 RETRY = {
     "autoretry_for": (PublishError,),

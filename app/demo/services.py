@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from flask import render_template
 from markupsafe import Markup
 
-from app.turbo import Publisher, TurboStream
+from turbocast import Publisher, TurboStream
 
 
 def _html(template: str, **context: object) -> Markup:

@@ -22,15 +22,15 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from app.demo import bp, services
 from app.extensions import turbo
-from app.turbo import (
+from turbocast import (
     MIME_TYPE,
     InvalidChannelError,
     TurboStream,
     render_streams,
     send_later,
     session_id,
+    user_channel,
 )
-from app.turbo.channels import user_key
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +110,10 @@ def login() -> BaseResponse:
     """Sign in under a name; every tab of every browser signed in as it is one user."""
     name = request.form.get("name", "").strip()
     try:
-        session["user"] = user_key(name)
+        user_channel(name)  # refuses what cannot be a user id
     except InvalidChannelError:
         abort(400, "a name is 1-128 characters of A-Z a-z 0-9 _ . @ + = -")
+    session["user"] = name
     return redirect(request.referrer or url_for("demo.index"), code=303)
 
 

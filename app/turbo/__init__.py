@@ -2,7 +2,17 @@
 
 The public API. The demo site and the Celery workers use only what is
 exported here, exactly as an application of your own would.
+
+The source lives in this repository's app/turbo/ and is installed as ``turbocast``
+(``package-dir`` in pyproject.toml); ``app.turbo`` is not a second name for it.
 """
+
+if __name__ != "turbocast":
+    # Two names would load every module twice: two relays, two registries, two sets of classes.
+    raise ImportError(
+        f"import turbocast, not {__name__}: the core is installed as turbocast "
+        "(pip install -e . from the repository root)"
+    )
 
 from .channels import (
     broadcast_channel,

@@ -41,7 +41,7 @@ def valid_session_id(session_id: object) -> bool:
 def channel_for(session_id: str, prefix: str = DEFAULT_PREFIX) -> str:
     """Return the channel of one browser session.
 
-    :param session_id: the session's id, as :func:`app.turbo.session_id` returns it.
+    :param session_id: the session's id, as :func:`turbocast.session_id` returns it.
     :param prefix: the channel namespace (``TURBO_CHANNEL_PREFIX``).
     :raises InvalidChannelError: when the id is not a well-formed session id.
     """

@@ -3,12 +3,12 @@
 Who does what, for one socket:
 
 - **The handler** (the request's thread; under gunicorn's gevent worker the lean
-  greenlet it is handed to, see :mod:`app.turbo.handoff`) builds a
+  greenlet it is handed to, see :mod:`turbocast.handoff`) builds a
   :class:`WebSocket` from the upgrade request (nothing is sent yet), sends the 101
   with :meth:`~WebSocket.accept`, and from then on is the socket's one
   **writer** (:meth:`~WebSocket.serve`): messages, pongs, the close echo and the
   heartbeat's pings all go out from it, in order.
-- **A reader** only reads: the process's shared reader (:mod:`app.turbo.readers`:
+- **A reader** only reads: the process's shared reader (:mod:`turbocast.readers`:
   epoll over every plain socket) in threads mode; under gevent, a read watcher
   of gevent's own loop per socket; a reader of its own for a TLS socket (a
   thread, or a greenlet under gevent). What must be answered (a pong, the echo
@@ -203,7 +203,7 @@ class WebSocket:
         self.send_timeout = send_timeout
         self.max_incoming_bytes = max_incoming_bytes
         self.max_incoming_rate = max_incoming_rate
-        #: The subprotocol chosen at accept (:data:`~app.turbo.message.SUBPROTOCOL` or None).
+        #: The subprotocol chosen at accept (:data:`~turbocast.message.SUBPROTOCOL` or None).
         self.subprotocol: str | None = None
         self.tls = is_tls_socket(sock)
         self.gevent = is_gevent_socket(sock)
@@ -502,7 +502,7 @@ class WebSocket:
     def serve(self, replay: list[Message]) -> str:
         """Write until the connection ends, then close it; the writer calls this after accept().
 
-        Heartbeats arrive through the outbox too (:data:`~app.turbo.outbox.HEARTBEAT`,
+        Heartbeats arrive through the outbox too (:data:`~turbocast.outbox.HEARTBEAT`,
         from the process's heartbeat thread): each sends a ping, and a peer that has
         not answered the previous one by then is dropped. The writer itself keeps
         no timer: it waits for its outbox and nothing else.

@@ -1,4 +1,4 @@
-"""Gunicorn hooks for a graceful shutdown: ``gunicorn -c python:app.turbo.gunicorn_hooks ...``.
+"""Gunicorn hooks for a graceful shutdown: ``gunicorn -c python:turbocast.gunicorn_hooks ...``.
 
 When gunicorn tells a worker to stop (SIGTERM: a deploy, a scale-down, Ctrl-C
 under a process manager), the worker stops accepting and waits up to
@@ -9,7 +9,7 @@ Events) come straight back, to another worker or the restarted one, and resume
 where they were.
 
 Keep your own gunicorn settings in your own config module and import the hooks
-there: ``from app.turbo.gunicorn_hooks import post_worker_init, worker_exit``.
+there: ``from turbocast.gunicorn_hooks import post_worker_init, worker_exit``.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def worker_exit(server: Any, worker: Any) -> None:
     """Gunicorn's hook, run in a worker that stops: let handed-off sockets close cleanly.
 
     Under gevent the sockets' writers are greenlets of their own (see
-    :mod:`app.turbo.handoff`), which gunicorn does not wait for; each was asked
+    :mod:`turbocast.handoff`), which gunicorn does not wait for; each was asked
     to close with 1001 on SIGTERM, and here they get the graceful timeout to do so.
     """
     close_all_sockets()

@@ -1,6 +1,6 @@
 """The heartbeat: one thread per process tells every socket's writer when to ping.
 
-Each ``interval`` seconds it puts :data:`~app.turbo.outbox.HEARTBEAT` into the
+Each ``interval`` seconds it puts :data:`~turbocast.outbox.HEARTBEAT` into the
 outbox of every socket the relay holds. The writer then sends a ping, and drops
 its peer if the previous ping was not answered (see the socket's writer). So a
 writer keeps no timer of its own, and exactly one thread beats: two would send

@@ -1,7 +1,7 @@
 """The relay's Redis listener: one thread per process between Redis pub/sub and the relay.
 
 It holds the process's one pub/sub connection (a
-:class:`~app.turbo.subscriber.Subscriber`) and keeps its subscriptions equal to
+:class:`~turbocast.subscriber.Subscriber`) and keeps its subscriptions equal to
 the channels the relay's sockets listen to. A channel counts as subscribed only
 once Redis has confirmed the SUBSCRIBE: the relay tells a new socket it may read
 its history only then, so nothing published meanwhile falls between the two.

@@ -134,7 +134,7 @@ class Publisher:
         return self.publish(broadcast_channel(self.prefix), *streams)
 
     def publish(self, channel: str, *streams: Any) -> int:
-        """Send streams on a channel built by :mod:`app.turbo.channels`.
+        """Send streams on a channel built by :mod:`turbocast.channels`.
 
         :param channel: the channel name.
         :param streams: ``TurboStream`` objects, sent together as one message.

@@ -6,7 +6,7 @@ sockets at once with epoll and reads whichever has something: a pong, a
 client's close, a stray frame, or the end of the connection. It never writes;
 what a socket must send back goes through that socket's outbox to its own
 writer. (A TLS socket cannot be read this way, and under gevent each socket has
-a read watcher of gevent's loop instead: see :mod:`app.turbo.connection`.)
+a read watcher of gevent's loop instead: see :mod:`turbocast.connection`.)
 
 Registrations are keyed by file descriptor, and a descriptor is reused as soon
 as its socket is closed. So a connection is removed before its socket closes,

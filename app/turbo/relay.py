@@ -2,10 +2,10 @@
 
 One relay per web process (see ``TurboState.relay``). Its registry maps each
 channel to the outboxes of the local sockets that listen to it. Its
-:class:`~app.turbo.listener.Listener` thread keeps Redis's subscriptions equal
+:class:`~turbocast.listener.Listener` thread keeps Redis's subscriptions equal
 to the registry's channels and hands every message to :meth:`Relay.deliver`,
 which puts it into the outbox of every socket on that channel; it never writes
-to a socket and never blocks on one. Its :class:`~app.turbo.heartbeat.Heartbeat`
+to a socket and never blocks on one. Its :class:`~turbocast.heartbeat.Heartbeat`
 thread beats every outbox.
 
 A socket's handler calls :meth:`Relay.attach`, waits for the
@@ -72,7 +72,7 @@ class Relay:
     :param heartbeat_interval: seconds between heartbeats to every socket's
         outbox, from a thread of their own; ``0``: none.
     :param pubsub_factory: opens a fresh pub/sub connection (by default a
-        :class:`~app.turbo.subscriber.Subscriber`); tests pass a fake.
+        :class:`~turbocast.subscriber.Subscriber`); tests pass a fake.
     :param waker: publishes to the control channel; tests pass a fake.
     :param thread_class: the class of the listener and heartbeat threads.
     """
@@ -177,7 +177,7 @@ class Relay:
 
         Wait for the subscription's ``ready`` before reading any history.
 
-        :param channels: channel names from :mod:`app.turbo.channels`.
+        :param channels: channel names from :mod:`turbocast.channels`.
         :param outbox: the socket's outbox.
         """
         sub = Subscription(tuple(dict.fromkeys(c.encode() for c in channels)), outbox)

@@ -59,7 +59,7 @@ def publish_template(
 ) -> int:
     """Render ``template`` into a stream and publish it on ``channel`` (runs in a worker).
 
-    :param channel: the channel, from :mod:`app.turbo.channels`.
+    :param channel: the channel, from :mod:`turbocast.channels`.
     :param action: the Turbo Stream action.
     :param target: the target element's id, or ``None`` with ``targets``.
     :param targets: a CSS selector, or ``None``.

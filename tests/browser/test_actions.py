@@ -6,15 +6,15 @@ import subprocess
 import sys
 import textwrap
 
-from app.turbo import channel_for
 from tests.browser.test_demo import Tab
 from tests.support import ROOT, numsub, wait_for
+from turbocast import channel_for
 
 PUSH = textwrap.dedent(
     """
     import sys
     from app.demo.services import every_action
-    from app.turbo import Publisher, TurboStream
+    from turbocast import Publisher, TurboStream
 
     publisher = Publisher(sys.argv[1])
     streams = every_action() if sys.argv[3] == "every" else [TurboStream.refresh(method="morph")]

@@ -9,8 +9,8 @@ from urllib.parse import unquote
 
 from playwright.sync_api import BrowserContext, Page, WebSocket
 
-from app.turbo import channel_for
 from tests.support import ROOT, numsub, session_id_of, wait_for
+from turbocast import channel_for
 
 
 class Tab:

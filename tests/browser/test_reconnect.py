@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from markupsafe import Markup
 
-from app.turbo import TurboStream, channel_for
 from tests.browser.test_demo import Tab
 from tests.support import WebServer, numsub, wait_for
+from turbocast import TurboStream, channel_for
 
 
 @pytest.fixture

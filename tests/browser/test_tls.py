@@ -12,10 +12,10 @@ import redis
 from markupsafe import Markup
 from playwright.sync_api import Browser, BrowserContext
 
-from app.turbo import Publisher, TurboStream, channel_for
 from tests.browser.test_demo import Tab
 from tests.integration.test_proxy_tls import Nginx
 from tests.support import WebServer, numsub
+from turbocast import Publisher, TurboStream, channel_for
 
 PING_INTERVAL = 1.0
 

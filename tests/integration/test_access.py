@@ -16,17 +16,6 @@ import pytest
 import simple_websocket
 from markupsafe import Markup
 
-from app.turbo import (
-    STATUS_BAD_ORIGIN,
-    STATUS_BAD_STREAM,
-    STATUS_TOO_MANY_SOCKETS,
-    MessageTooLargeError,
-    Publisher,
-    TurboStream,
-    channel_for,
-    stream_channel,
-    user_channel,
-)
 from tests.support import (
     ROOT,
     WebServer,
@@ -39,6 +28,17 @@ from tests.support import (
     receive,
     session_id_of,
     wait_for,
+)
+from turbocast import (
+    STATUS_BAD_ORIGIN,
+    STATUS_BAD_STREAM,
+    STATUS_TOO_MANY_SOCKETS,
+    MessageTooLargeError,
+    Publisher,
+    TurboStream,
+    channel_for,
+    stream_channel,
+    user_channel,
 )
 
 ENV = {
@@ -233,7 +233,7 @@ STORM_PUBLISHER = textwrap.dedent(
     """
     import json, random, sys
     from markupsafe import Markup
-    from app.turbo import Publisher, TurboStream
+    from turbocast import Publisher, TurboStream
 
     url, worker, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
     addresses = json.loads(sys.argv[4])

@@ -36,8 +36,6 @@ import redis
 import simple_websocket
 from markupsafe import Markup
 
-from app.turbo import CLOSE_OUTBOX_OVERFLOW, Publisher, TurboStream
-from app.turbo.channels import broadcast_channel, history_key, stream_channel
 from tests.support import (
     ROOT,
     RawClient,
@@ -51,6 +49,8 @@ from tests.support import (
     session_id_of,
     wait_for,
 )
+from turbocast import CLOSE_OUTBOX_OVERFLOW, Publisher, TurboStream
+from turbocast.channels import broadcast_channel, history_key, stream_channel
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
 REFRESH = '<turbo-stream action="refresh"></turbo-stream>'
@@ -360,7 +360,7 @@ ALTERNATING_PUBLISHER = textwrap.dedent(
     """
     import sys, time
     from markupsafe import Markup
-    from app.turbo import Publisher, TurboStream
+    from turbocast import Publisher, TurboStream
 
     url, prefix, stream = sys.argv[1], sys.argv[2], sys.argv[3]
     seconds, limit, maxlen = float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
@@ -761,7 +761,7 @@ BURST_PUBLISHER = textwrap.dedent(
     """
     import json, random, sys, time
     from markupsafe import Markup
-    from app.turbo import Publisher, TurboStream
+    from turbocast import Publisher, TurboStream
 
     spec = json.loads(sys.argv[1])
     publisher = Publisher(spec["url"], prefix=spec["prefix"])

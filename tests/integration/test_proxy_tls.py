@@ -19,7 +19,6 @@ import simple_websocket
 from markupsafe import Markup
 
 from app.embedded_redis import free_port
-from app.turbo import TurboStream, channel_for
 from tests.support import (
     ROOT,
     Certificates,
@@ -30,6 +29,7 @@ from tests.support import (
     session_id_of,
     wait_for,
 )
+from turbocast import TurboStream, channel_for
 
 TEMPLATE = ROOT / "docs" / "deploy" / "nginx.conf.template"
 #: ``${NAME}`` as the official image's envsubst replaces it; nginx's own ``$name`` stays.

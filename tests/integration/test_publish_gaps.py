@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from app.turbo.history import START, History
+from turbocast.history import START, History
 
 MAXLEN = 10
 

@@ -11,9 +11,9 @@ import pytest
 import redis
 from markupsafe import Markup
 
-from app.turbo import Publisher, TurboStream, stream_channel
-from app.turbo.channels import clock_key, history_key
-from app.turbo.history import format_id, parse_id
+from turbocast import Publisher, TurboStream, stream_channel
+from turbocast.channels import clock_key, history_key
+from turbocast.history import format_id, parse_id
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import pytest
 import redis
 from markupsafe import Markup
 
-from app.turbo import Publisher, PublishError, TurboStream, stream_channel
-from app.turbo.channels import history_key
 from tests.support import numsub, wait_for
+from turbocast import Publisher, PublishError, TurboStream, stream_channel
+from turbocast.channels import history_key
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""app.turbo.publisher on a real redis-server: the direct script path, its errors, forks."""
+"""turbocast.publisher on a real redis-server: the direct script path, its errors, forks."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import redis
 from markupsafe import Markup
 
-from app.turbo import Publisher, PublishError, TurboStream, channel_for
-from app.turbo.channels import history_key
 from tests.support import numsub, wait_for
+from turbocast import Publisher, PublishError, TurboStream, channel_for
+from turbocast.channels import history_key
 
 SID = "p" * 32
 CHANNEL = channel_for(SID)

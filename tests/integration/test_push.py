@@ -15,14 +15,6 @@ import simple_websocket
 from markupsafe import Markup
 
 from app.embedded_redis import EmbeddedRedis
-from app.turbo import (
-    CLOSE_OUTBOX_OVERFLOW,
-    STATUS_NO_SESSION,
-    Publisher,
-    TurboStream,
-    broadcast_channel,
-    channel_for,
-)
 from tests.support import (
     ROOT,
     SECRET_KEY,
@@ -36,6 +28,14 @@ from tests.support import (
     receive,
     session_id_of,
     wait_for,
+)
+from turbocast import (
+    CLOSE_OUTBOX_OVERFLOW,
+    STATUS_NO_SESSION,
+    Publisher,
+    TurboStream,
+    broadcast_channel,
+    channel_for,
 )
 
 
@@ -97,7 +97,7 @@ def test_push_from_a_process_without_flask_reaches_the_socket(web, redis_client,
         import sys
         from flask import has_app_context
         from markupsafe import Markup
-        from app.turbo import Publisher, TurboStream
+        from turbocast import Publisher, TurboStream
 
         assert not has_app_context()
         publisher = Publisher(sys.argv[1])

@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 import pytest
 from markupsafe import Markup
 
-from app.turbo import Publisher, TurboStream
 from tests.redis_proxy import RedisProxy
 from tests.support import (
     ResumingClient,
@@ -33,6 +32,7 @@ from tests.support import (
     session_id_of,
     wait_for,
 )
+from turbocast import Publisher, TurboStream
 
 #: Seconds any Redis call of a request or of the relay may take (the server's setting).
 REDIS_TIMEOUT = 1.0

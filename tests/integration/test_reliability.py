@@ -16,7 +16,6 @@ import simple_websocket
 from markupsafe import Markup
 
 from app.embedded_redis import EmbeddedRedis
-from app.turbo import Publisher, TurboStream, channel_for
 from tests.support import (
     ROOT,
     ResumingClient,
@@ -29,6 +28,7 @@ from tests.support import (
     session_id_of,
     wait_for,
 )
+from turbocast import Publisher, TurboStream, channel_for
 
 REFRESH = '<turbo-stream action="refresh"></turbo-stream>'
 
@@ -208,7 +208,7 @@ RETRYING_PUBLISHER = textwrap.dedent(
     import sys
     import redis
     from markupsafe import Markup
-    from app.turbo import Publisher, PublishError, TurboStream
+    from turbocast import Publisher, PublishError, TurboStream
     from tests.support import wait_for
 
     url, sid, first, last = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])

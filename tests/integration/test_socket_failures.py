@@ -28,9 +28,6 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
 
 from app import create_app
-from app.turbo import CLOSE_INTERNAL_ERROR, Publisher, TurboStream, channel_for
-from app.turbo.connection import WebSocket
-from app.turbo.readers import Readers, readers
 from tests.support import (
     SECRET_KEY,
     Certificates,
@@ -41,6 +38,9 @@ from tests.support import (
     session_id_of,
     wait_for,
 )
+from turbocast import CLOSE_INTERNAL_ERROR, Publisher, TurboStream, channel_for
+from turbocast.connection import WebSocket
+from turbocast.readers import Readers, readers
 
 SOCKETS_AFTER = 20
 

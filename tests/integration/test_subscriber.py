@@ -1,4 +1,4 @@
-"""app.turbo.subscriber: the relay's hiredis-read pub/sub connection, on a real redis-server."""
+"""turbocast.subscriber: the relay's hiredis-read pub/sub connection, on a real redis-server."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from app.embedded_redis import EmbeddedRedis
-from app.turbo.subscriber import MESSAGE, SUBSCRIBED, Event, Subscriber
 from tests.support import numsub, wait_for
+from turbocast.subscriber import MESSAGE, SUBSCRIBED, Event, Subscriber
 
 
 def events(sub: Subscriber, count: int, timeout: float = 10.0) -> list[Event]:

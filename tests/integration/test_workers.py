@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import simple_websocket
 
-from app.turbo import broadcast_channel, channel_for
 from tests.support import (
     WebServer,
     connect,
@@ -20,6 +19,7 @@ from tests.support import (
     session_id_of,
     wait_for,
 )
+from turbocast import broadcast_channel, channel_for
 
 ENV = {"DEMO_CLOCK_SECONDS": "0.5", "DEMO_JOB_STEPS": "5", "DEMO_JOB_STEP_SECONDS": "0.05"}
 

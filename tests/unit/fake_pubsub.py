@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import redis
 
-from app.turbo.message import Message
-from app.turbo.subscriber import MESSAGE, SUBSCRIBED, Event
+from turbocast.message import Message
+from turbocast.subscriber import MESSAGE, SUBSCRIBED, Event
 
 DEADLINE = 5.0
 CHAT = "turbo:session:abcdefghijklmnop"

@@ -1,17 +1,17 @@
-"""app.turbo.channels: channel names, and the ids and prefixes they refuse."""
+"""turbocast.channels: channel names, and the ids and prefixes they refuse."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.turbo.channels import (
+from turbocast.channels import (
     DEFAULT_PREFIX,
     broadcast_channel,
     channel_for,
     valid_session_id,
 )
-from app.turbo.errors import InvalidChannelError, TurboError
-from app.turbo.helpers import new_session_id
+from turbocast.errors import InvalidChannelError, TurboError
+from turbocast.helpers import new_session_id
 
 SID = "abcdefghijklmnopqrstuvwxyzABCDEF"
 

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from honcho.environ import parse_procfile
 
-from app.turbo import DEFAULTS
 from tests.support import ROOT
+from turbocast import DEFAULTS
 
 COMPOSE = ROOT / "docker-compose.yml"
 NGINX_TEMPLATE = ROOT / "docs" / "deploy" / "nginx.conf.template"
@@ -57,7 +57,7 @@ def test_compose_runs_the_procfile_commands():
     processes = _procfile()
     assert services["worker"]["command"] == processes["worker"]
     web = services["web"]["command"]
-    assert web.startswith("gunicorn -c python:app.turbo.gunicorn_hooks --bind :8000")
+    assert web.startswith("gunicorn -c python:turbocast.gunicorn_hooks --bind :8000")
     assert "--threads 100" in web
     assert services["beat"]["command"].startswith("celery -A workers.celery beat")
 

@@ -1,4 +1,4 @@
-"""app.turbo.endpoint: the ``since`` positions a client brings back, and SSE events."""
+"""turbocast.endpoint: the ``since`` positions a client brings back, and SSE events."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from app.turbo.endpoint import _sse_event, parse_positions
-from app.turbo.message import Message
+from turbocast.endpoint import _sse_event, parse_positions
+from turbocast.message import Message
 
 
 def test_parse_positions_reads_one_label_and_id_per_value():

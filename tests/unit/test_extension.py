@@ -1,19 +1,18 @@
-"""app.turbo.extension: the session cookie, the endpoint's refusals, and the per-app state."""
+"""turbocast.extension: the session cookie, the endpoint's refusals, and the per-app state."""
 
 from __future__ import annotations
 
-import sys
 import threading
 
 import pytest
 from flask import Flask
 
 from app import create_app
-from app.turbo import Turbo
-from app.turbo.errors import TurboError
-from app.turbo.extension import DEFAULTS, TurboState
-from app.turbo.helpers import SESSION_KEY
-from app.turbo.publisher import Publisher
+from turbocast import Turbo
+from turbocast.errors import TurboError
+from turbocast.extension import DEFAULTS, TurboState
+from turbocast.helpers import SESSION_KEY
+from turbocast.publisher import Publisher
 
 # The demo's config picks its own default transport: these tests name theirs.
 CONFIG = {
@@ -280,15 +279,6 @@ def test_shutdown_without_a_relay_does_nothing(app):
     app.extensions["turbo"].shutdown()
 
     assert relay_threads() == []
-
-
-# -- the app package -----------------------------------------------------------------------
-
-
-def test_app_turbo_attribute_is_the_turbo_subpackage():
-    import app as app_package
-
-    assert app_package.turbo is sys.modules["app.turbo"]
 
 
 def test_a_page_renders_without_any_redis_configured(caplog):

@@ -1,4 +1,4 @@
-"""app.turbo.gunicorn_hooks: what a web worker changes about itself."""
+"""turbocast.gunicorn_hooks: what a web worker changes about itself."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.turbo import gunicorn_hooks
+from turbocast import gunicorn_hooks
 
 
 class ThreadWorker:

@@ -1,4 +1,4 @@
-"""app.turbo.handoff: which sockets are handed to a lean writer, and what they keep."""
+"""turbocast.handoff: which sockets are handed to a lean writer, and what they keep."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import socket
 import gevent.event
 import gevent.socket
 
-from app.turbo import handoff
+from turbocast import handoff
 
 
 def test_a_plain_socket_is_not_handed_off():

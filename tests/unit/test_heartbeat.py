@@ -1,4 +1,4 @@
-"""app.turbo.heartbeat: one thread that tells every socket's writer when to ping.
+"""turbocast.heartbeat: one thread that tells every socket's writer when to ping.
 
 The loop is driven in the test's own thread through a scripted stop event (each
 wait is one interval, recorded, and says when to stop); one test runs the real
@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from app.turbo.heartbeat import Heartbeat
-from app.turbo.outbox import HEARTBEAT, Outbox
+from turbocast.heartbeat import Heartbeat
+from turbocast.outbox import HEARTBEAT, Outbox
 
 DEADLINE = 5.0
 

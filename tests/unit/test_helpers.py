@@ -1,4 +1,4 @@
-"""app.turbo.helpers: the session id, the stream URL and the stream source element.
+"""turbocast.helpers: the session id, the stream URL and the stream source element.
 
 ``REDIS_URL`` points at a port nothing listens on: the stream positions read from
 Redis are then left out (with a warning), unless a test gives the app a fake history.
@@ -14,12 +14,12 @@ from flask import session
 from markupsafe import Markup
 
 from app import create_app
-from app.turbo.channels import valid_session_id
-from app.turbo.errors import TurboError
-from app.turbo.helpers import SESSION_KEY, session_id, stream_url, turbo_stream_source
-from app.turbo.publisher import Publisher
-from app.turbo.signing import StreamSigner
 from tests.unit.fake_streams import FakeStreamsRedis
+from turbocast.channels import valid_session_id
+from turbocast.errors import TurboError
+from turbocast.helpers import SESSION_KEY, session_id, stream_url, turbo_stream_source
+from turbocast.publisher import Publisher
+from turbocast.signing import StreamSigner
 
 # The demo's config picks its own default transport: these tests name theirs.
 CONFIG = {

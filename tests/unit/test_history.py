@@ -1,4 +1,4 @@
-"""app.turbo.history: stream ids, and reading channel histories (against an in-memory fake)."""
+"""turbocast.history: stream ids, and reading channel histories (against an in-memory fake)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 import pytest
 import redis
 
-from app.turbo.history import START, History, format_id, parse_id
 from tests.unit.fake_streams import FakePipeline, FakeStreamsRedis, payload_of
+from turbocast.history import START, History, format_id, parse_id
 
 KEY = "turbo:history:broadcast"
 OTHER = "turbo:history:session:abcdefghijklmnop"

@@ -1,4 +1,4 @@
-"""app.turbo.listener: subscriptions confirmed by Redis, delivery, and surviving Redis.
+"""turbocast.listener: subscriptions confirmed by Redis, delivery, and surviving Redis.
 
 No Redis and no network. The listener gets a scripted :class:`FakePubSub` per
 connection (see fake_pubsub.py): a used-up script raises :class:`Done`, so
@@ -18,10 +18,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
-import app.turbo.listener as listener_module
-from app.turbo.channels import history_key
-from app.turbo.listener import BACKOFF_CAP, Listener
-from app.turbo.message import REFRESH_HTML, Message
+import turbocast.listener as listener_module
 from tests.unit.fake_pubsub import (
     BOARD,
     CHAT,
@@ -41,6 +38,9 @@ from tests.unit.fake_pubsub import (
     published,
     tid,
 )
+from turbocast.channels import history_key
+from turbocast.listener import BACKOFF_CAP, Listener
+from turbocast.message import REFRESH_HTML, Message
 
 CONTROL = "turbo:relay:0123456789abcdef"
 CHAT_HISTORY = history_key(CHAT)

@@ -1,11 +1,11 @@
-"""app.turbo.message: one message's two wire formats, and a socket's cursor."""
+"""turbocast.message: one message's two wire formats, and a socket's cursor."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.turbo.message import REFRESH_HTML, SUBPROTOCOL, Cursor, Message
-from app.turbo.outbox import encode_text_frame
+from turbocast.message import REFRESH_HTML, SUBPROTOCOL, Cursor, Message
+from turbocast.outbox import encode_text_frame
 
 NEWS = b"turbo:broadcast"
 CHAT = b"turbo:session:abcdefghijklmnop"

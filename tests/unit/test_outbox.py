@@ -1,4 +1,4 @@
-"""app.turbo.outbox: the frame encoder and the bounded message queue between relay and writer."""
+"""turbocast.outbox: the frame encoder and the bounded message queue between relay and writer."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from app.turbo.message import FRAME_OVERHEAD, Message
-from app.turbo.outbox import (
+from turbocast.message import FRAME_OVERHEAD, Message
+from turbocast.outbox import (
     CLOSE_OUTBOX_OVERFLOW,
     HEARTBEAT,
     Closing,

@@ -1,4 +1,4 @@
-"""app.turbo.publisher: one PUBLISH per message, one retry, and clear failures."""
+"""turbocast.publisher: one PUBLISH per message, one retry, and clear failures."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import redis
 from markupsafe import Markup
 
-from app.turbo.errors import InvalidStreamError, MessageTooLargeError, PublishError
-from app.turbo.publisher import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, Publisher
-from app.turbo.streams import TurboStream
+from turbocast.errors import InvalidStreamError, MessageTooLargeError, PublishError
+from turbocast.publisher import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, Publisher
+from turbocast.streams import TurboStream
 
 SID = "abcdefghijklmnopqrstuvwxyzABCDEF"
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from app.turbo.readers import Readers, readers
+from turbocast.readers import Readers, readers
 
 
 class Conn:

@@ -1,4 +1,4 @@
-"""app.turbo.relay: the registry, Redis-confirmed readiness, fan-out, and one set of threads.
+"""turbocast.relay: the registry, Redis-confirmed readiness, fan-out, and one set of threads.
 
 No Redis and no network: the relay gets the scripted pub/sub connections of
 fake_pubsub.py (a used-up script raises ``Done``, so the relay's listener is
@@ -16,10 +16,7 @@ import time
 import pytest
 import redis
 
-import app.turbo.listener as listener_module
-from app.turbo.message import Message
-from app.turbo.outbox import CLOSE_OUTBOX_OVERFLOW, HEARTBEAT, Outbox, encode_text_frame
-from app.turbo.relay import CLOSE_GOING_AWAY, Relay, Subscription, close_all_sockets
+import turbocast.listener as listener_module
 from tests.unit.fake_pubsub import (
     BOARD,
     CHAT,
@@ -36,6 +33,9 @@ from tests.unit.fake_pubsub import (
     published,
     tid,
 )
+from turbocast.message import Message
+from turbocast.outbox import CLOSE_OUTBOX_OVERFLOW, HEARTBEAT, Outbox, encode_text_frame
+from turbocast.relay import CLOSE_GOING_AWAY, Relay, Subscription, close_all_sockets
 
 URL = "redis://unused.invalid/0"
 BIG = 64 * 1024 * 1024  # an outbox bound no test reaches

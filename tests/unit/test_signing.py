@@ -7,9 +7,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from app import create_app
-from app.turbo import InvalidChannelError, StreamSigner, Turbo, stream_channel, user_channel
-from app.turbo.extension import TurboState
-from app.turbo.helpers import normalize_origin, site_origin, stream_url
+from turbocast import InvalidChannelError, StreamSigner, Turbo, stream_channel, user_channel
+from turbocast.extension import TurboState
+from turbocast.helpers import normalize_origin, site_origin, stream_url
 
 CONFIG = {
     "SECRET_KEY": "s3cret",

@@ -1,4 +1,4 @@
-"""app.turbo.streams: the HTML of every stream, its escaping, and its refusals.
+"""turbocast.streams: the HTML of every stream, its escaping, and its refusals.
 
 Besides exact strings, each output is parsed back with the stdlib HTML parser, so the
 tests also say what a browser (and Turbo 8) would see: how many ``<turbo-stream>``
@@ -13,8 +13,8 @@ from html.parser import HTMLParser
 import pytest
 from markupsafe import Markup
 
-from app.turbo.errors import InvalidStreamError, TurboError
-from app.turbo.streams import ACTIONS, MIME_TYPE, TurboStream, render_streams
+from turbocast.errors import InvalidStreamError, TurboError
+from turbocast.streams import ACTIONS, MIME_TYPE, TurboStream, render_streams
 
 TEMPLATE_ACTIONS = ["append", "prepend", "replace", "update", "before", "after"]
 XSS_ATTR = 'x" onmouseover="alert(1)'

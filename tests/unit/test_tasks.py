@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from app import create_app
-from app.turbo import InvalidChannelError, InvalidStreamError, PublishError, send_later
-from app.turbo.tasks import publish_template
+from turbocast import InvalidChannelError, InvalidStreamError, PublishError, send_later
+from turbocast.tasks import publish_template
 from workers.schedule import beat_schedule
 
 CONFIG = {"REDIS_URL": "redis://127.0.0.1:1/0", "SECRET_KEY": "x", "TESTING": True}
@@ -60,4 +60,4 @@ def test_beat_schedule_broadcasts_the_clock_and_drops_stale_ticks():
 def test_celery_uses_the_same_redis_and_includes_the_core_task(app):
     celery_app = app.extensions["celery"]
     assert celery_app.conf.broker_url == CONFIG["REDIS_URL"]
-    assert "app.turbo.tasks" in celery_app.conf.include
+    assert "turbocast.tasks" in celery_app.conf.include

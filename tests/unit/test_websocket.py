@@ -1,4 +1,4 @@
-"""app.turbo.connection: one WebSocket on real sockets, its handshake, reader and one writer."""
+"""turbocast.connection: one WebSocket on real sockets, its handshake, reader and one writer."""
 
 from __future__ import annotations
 
@@ -26,19 +26,19 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 
-from app.turbo import connection
-from app.turbo.connection import (
+from tests.support import wait_for
+from turbocast import connection
+from turbocast.connection import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_POLICY_VIOLATION,
     WebSocket,
     socket_of,
 )
-from app.turbo.errors import HandshakeError, TurboError
-from app.turbo.message import SUBPROTOCOL, Message
-from app.turbo.outbox import Outbox
-from app.turbo.readers import Readers, readers
-from tests.support import wait_for
+from turbocast.errors import HandshakeError, TurboError
+from turbocast.message import SUBPROTOCOL, Message
+from turbocast.outbox import Outbox
+from turbocast.readers import Readers, readers
 
 SEND_TIMEOUT = 5.0
 

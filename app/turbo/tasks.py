@@ -5,14 +5,15 @@ a worker renders the template (with the same Jinja2 templates the views use,
 inside the Flask app context that the worker's ``FlaskTask`` provides) and
 publishes the stream. The template context travels through the broker, so pass
 ids and plain values (JSON), not objects.
+
+Celery is the extra ``turbocast[celery]``: without it this module still imports,
+and only :func:`send_later` and :func:`broadcast_later` fail, with the install hint.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery import shared_task
-from celery.result import AsyncResult
 from flask import render_template
 from markupsafe import Markup
 
@@ -20,6 +21,16 @@ from .channels import broadcast_channel, channel_for
 from .errors import InvalidStreamError, MessageTooLargeError, PublishError
 from .extension import _state
 from .streams import TurboStream
+
+if TYPE_CHECKING:
+    from celery.result import AsyncResult
+
+try:
+    from celery import shared_task
+except ModuleNotFoundError as error:
+    _celery_missing: ModuleNotFoundError | None = error
+else:
+    _celery_missing = None
 
 #: The registered name of the task; workers must import this module (``include``).
 TASK_NAME = "turbocast.publish_template"
@@ -39,16 +50,7 @@ def _build(
     return stream
 
 
-@shared_task(  # type: ignore[untyped-decorator]
-    name=TASK_NAME,
-    autoretry_for=(PublishError,),
-    dont_autoretry_for=(MessageTooLargeError,),
-    retry_backoff=1,
-    retry_backoff_max=30,
-    max_retries=8,
-    ignore_result=True,
-)
-def publish_template(
+def _publish_template(
     channel: str,
     action: str,
     target: str | None,
@@ -70,6 +72,27 @@ def publish_template(
     html = Markup(render_template(template, **context))  # noqa: S704 - Jinja2 autoescapes
     stream = _build(action, target, targets, method, html)
     return _state().publisher.publish(channel, stream)
+
+
+if _celery_missing is None:
+    #: The task itself; only with Celery installed.
+    publish_template = shared_task(
+        name=TASK_NAME,
+        autoretry_for=(PublishError,),
+        dont_autoretry_for=(MessageTooLargeError,),
+        retry_backoff=1,
+        retry_backoff_max=30,
+        max_retries=8,
+        ignore_result=True,
+    )(_publish_template)
+
+
+def _require_celery() -> None:
+    if _celery_missing is not None:
+        raise ModuleNotFoundError(
+            "send_later() and broadcast_later() need Celery: pip install 'turbocast[celery]'",
+            name="celery",
+        ) from _celery_missing
 
 
 def _enqueue(
@@ -114,7 +137,9 @@ def send_later(
     :param context: the template's variables (JSON values: ids, not objects).
     :raises InvalidChannelError: a malformed session id.
     :raises InvalidStreamError: a bad action, target or method.
+    :raises ModuleNotFoundError: Celery is not installed (``turbocast[celery]``).
     """
+    _require_celery()
     channel = channel_for(session_id, _state().config["TURBO_CHANNEL_PREFIX"])
     return _enqueue(channel, action, target, targets, method, template, context)
 
@@ -136,6 +161,8 @@ def broadcast_later(
     :param targets: a CSS selector instead of ``target``.
     :param method: ``"morph"`` for replace and update.
     :param context: the template's variables (JSON values).
+    :raises ModuleNotFoundError: Celery is not installed (``turbocast[celery]``).
     """
+    _require_celery()
     channel = broadcast_channel(_state().config["TURBO_CHANNEL_PREFIX"])
     return _enqueue(channel, action, target, targets, method, template, context)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from app import create_app
+from tests.support import ROOT
 from turbocast import InvalidChannelError, InvalidStreamError, PublishError, send_later
 from turbocast.tasks import publish_template
 from workers.schedule import beat_schedule
@@ -61,3 +65,34 @@ def test_celery_uses_the_same_redis_and_includes_the_core_task(app):
     celery_app = app.extensions["celery"]
     assert celery_app.conf.broker_url == CONFIG["REDIS_URL"]
     assert "turbocast.tasks" in celery_app.conf.include
+
+
+WITHOUT_CELERY = """
+import sys
+
+sys.modules["celery"] = None  # as if turbocast[celery] were not installed
+from flask import Flask
+
+from turbocast import Turbo, broadcast_later, send_later
+
+app = Flask(__name__)
+app.config.update(SECRET_KEY="x", REDIS_URL="redis://127.0.0.1:1/0")
+Turbo(app)
+with app.app_context():
+    for call in (lambda: send_later("A" * 32, "append", "x", template="t.html"),
+                 lambda: broadcast_later("append", "x", template="t.html")):
+        try:
+            call()
+        except ImportError as error:
+            print(error)
+"""
+
+
+def test_without_celery_turbocast_imports_and_send_later_says_what_to_install():
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_CELERY],
+        capture_output=True, text=True, check=False, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    hint = "need Celery: pip install 'turbocast[celery]'"
+    assert result.stdout.splitlines() == [f"send_later() and broadcast_later() {hint}"] * 2

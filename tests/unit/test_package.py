@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import ast
+import email
 import importlib
+import re
+import shutil
+import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,3 +67,50 @@ def test_the_core_imports_neither_the_demo_nor_the_workers():
             assert module.split(".")[0] not in {"app", "workers", "turbocast"}, (
                 f"{path.relative_to(ROOT)} imports {module}: the core imports itself relatively"
             )
+
+
+#: What the core imports, and so all that installing turbocast brings (with their own).
+CORE_DEPENDENCIES = {"flask", "redis", "markupsafe", "itsdangerous", "wsproto"}
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[zipfile.ZipFile]:
+    """The wheel ``python -m build`` makes of a clean copy of this checkout (a second or two)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    # A copy: setuptools keeps build/ between runs, and a stale build/lib ends up in wheels.
+    source = shutil.copytree(
+        ROOT,
+        tmp / "source",
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".*", "node_modules", "build", "dist", "*.egg-info", "__pycache__"
+        ),
+    )
+    # No isolation: the test extra installs the build backend, so no index is needed.
+    command = [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", "dist"]
+    result = subprocess.run(
+        [*command, str(source)], cwd=tmp, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (path,) = (tmp / "dist").glob("turbocast-*.whl")
+    with zipfile.ZipFile(path) as archive:
+        yield archive
+
+
+def test_the_wheel_holds_turbocast_and_nothing_else(wheel):
+    names = wheel.namelist()
+    strays = [n for n in names if not re.match(r"turbocast/|turbocast-[^/]+\.dist-info/", n)]
+    assert strays == []
+    modules = {name for name in names if name.endswith(".py")}
+    assert modules == {f"turbocast/{path.name}" for path in CORE.glob("*.py")}
+    assert "turbocast/py.typed" in names
+    assert "turbocast/static/turbocast.js" in names
+
+
+def test_the_wheel_requires_only_what_the_core_imports(wheel):
+    (metadata,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+    requires = email.message_from_bytes(wheel.read(metadata)).get_all("Requires-Dist")
+    core = [line for line in requires if "extra ==" not in line]
+    assert {re.split(r"[\[<>=;\s]", line)[0].lower() for line in core} == CORE_DEPENDENCIES
+    assert any(line.startswith("celery") and 'extra == "celery"' in line for line in requires)
+    assert any(line.startswith("gevent") and 'extra == "gevent"' in line for line in requires)

@@ -3,9 +3,21 @@
 The public API. The demo site and the Celery workers use only what is
 exported here, exactly as an application of your own would.
 
+Each name is imported from its module on first use: importing one module of the
+package imports nothing else of it. gunicorn's master imports
+``turbocast.gunicorn_hooks`` (``-c python:turbocast.gunicorn_hooks``) before a
+gevent worker patches; had this file imported everything, redis and ssl would
+already be loaded by then ("Monkey-patching ssl after ssl has already been
+imported").
+
 The source lives in this repository's app/turbo/ and is installed as ``turbocast``
 (``package-dir`` in pyproject.toml); ``app.turbo`` is not a second name for it.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 if __name__ != "turbocast":
     # Two names would load every module twice: two relays, two registries, two sets of classes.
@@ -14,43 +26,86 @@ if __name__ != "turbocast":
         "(pip install -e . from the repository root)"
     )
 
-from .channels import (
-    broadcast_channel,
-    channel_for,
-    stream_channel,
-    user_channel,
-    valid_session_id,
-)
-from .connection import (
-    CLOSE_GOING_AWAY,
-    CLOSE_INTERNAL_ERROR,
-    CLOSE_MESSAGE_TOO_BIG,
-    CLOSE_POLICY_VIOLATION,
-)
-from .endpoint import (
-    STATUS_BAD_ORIGIN,
-    STATUS_BAD_POSITION,
-    STATUS_BAD_STREAM,
-    STATUS_NO_SESSION,
-    STATUS_REDIS_UNAVAILABLE,
-    STATUS_TOO_MANY_SOCKETS,
-)
-from .errors import (
-    InvalidChannelError,
-    InvalidStreamError,
-    MessageTooLargeError,
-    PublishError,
-    TurboError,
-)
-from .extension import DEFAULTS, Turbo
-from .helpers import session_id, stream_url, turbo_stream_source
-from .message import SUBPROTOCOL
-from .outbox import CLOSE_OUTBOX_OVERFLOW
-from .publisher import Publisher
-from .relay import close_all_sockets
-from .signing import StreamSigner
-from .streams import ACTIONS, MIME_TYPE, TurboStream, render_streams
-from .tasks import broadcast_later, send_later
+if TYPE_CHECKING:
+    from .channels import (
+        broadcast_channel,
+        channel_for,
+        stream_channel,
+        user_channel,
+        valid_session_id,
+    )
+    from .connection import (
+        CLOSE_GOING_AWAY,
+        CLOSE_INTERNAL_ERROR,
+        CLOSE_MESSAGE_TOO_BIG,
+        CLOSE_POLICY_VIOLATION,
+    )
+    from .endpoint import (
+        STATUS_BAD_ORIGIN,
+        STATUS_BAD_POSITION,
+        STATUS_BAD_STREAM,
+        STATUS_NO_SESSION,
+        STATUS_REDIS_UNAVAILABLE,
+        STATUS_TOO_MANY_SOCKETS,
+    )
+    from .errors import (
+        InvalidChannelError,
+        InvalidStreamError,
+        MessageTooLargeError,
+        PublishError,
+        TurboError,
+    )
+    from .extension import DEFAULTS, Turbo
+    from .helpers import session_id, stream_url, turbo_stream_source
+    from .message import SUBPROTOCOL
+    from .outbox import CLOSE_OUTBOX_OVERFLOW
+    from .publisher import Publisher
+    from .relay import close_all_sockets
+    from .signing import StreamSigner
+    from .streams import ACTIONS, MIME_TYPE, TurboStream, render_streams
+    from .tasks import broadcast_later, send_later
+
+#: Each public name's module, as above.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "channels": (
+        "broadcast_channel",
+        "channel_for",
+        "stream_channel",
+        "user_channel",
+        "valid_session_id",
+    ),
+    "connection": (
+        "CLOSE_GOING_AWAY",
+        "CLOSE_INTERNAL_ERROR",
+        "CLOSE_MESSAGE_TOO_BIG",
+        "CLOSE_POLICY_VIOLATION",
+    ),
+    "endpoint": (
+        "STATUS_BAD_ORIGIN",
+        "STATUS_BAD_POSITION",
+        "STATUS_BAD_STREAM",
+        "STATUS_NO_SESSION",
+        "STATUS_REDIS_UNAVAILABLE",
+        "STATUS_TOO_MANY_SOCKETS",
+    ),
+    "errors": (
+        "InvalidChannelError",
+        "InvalidStreamError",
+        "MessageTooLargeError",
+        "PublishError",
+        "TurboError",
+    ),
+    "extension": ("DEFAULTS", "Turbo"),
+    "helpers": ("session_id", "stream_url", "turbo_stream_source"),
+    "message": ("SUBPROTOCOL",),
+    "outbox": ("CLOSE_OUTBOX_OVERFLOW",),
+    "publisher": ("Publisher",),
+    "relay": ("close_all_sockets",),
+    "signing": ("StreamSigner",),
+    "streams": ("ACTIONS", "MIME_TYPE", "TurboStream", "render_streams"),
+    "tasks": ("broadcast_later", "send_later"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "ACTIONS",
@@ -90,3 +145,23 @@ __all__ = [
     "user_channel",
     "valid_session_id",
 ]
+
+
+def _export(name: str) -> Any:
+    """Import a public name from its module on first use, and keep it here."""
+    try:
+        module = _MODULE_OF[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if not TYPE_CHECKING:
+    # Type checkers read the imports above instead, and so still flag a misspelt name.
+    __getattr__ = _export

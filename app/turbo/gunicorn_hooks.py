@@ -10,6 +10,12 @@ where they were.
 
 Keep your own gunicorn settings in your own config module and import the hooks
 there: ``from turbocast.gunicorn_hooks import post_worker_init, worker_exit``.
+
+gunicorn's master imports this module before it forks; a gevent worker patches
+only afterwards. So it imports nothing but the standard library's basics here,
+and the rest of turbocast (redis, ssl) inside the hooks, which run in the worker
+after the patch: the worker starts without gevent's "Monkey-patching ssl after
+ssl has already been imported".
 """
 
 from __future__ import annotations
@@ -21,15 +27,15 @@ import sys
 from types import FrameType
 from typing import Any
 
-from . import handoff
-from .relay import close_all_sockets
-
 
 def install_graceful_shutdown() -> None:
     """Close every socket of this process with 1001 when SIGTERM arrives, then go on as before.
 
     Call it from the process's main thread once the server installed its own handler.
     """
+    # Imported now, not inside the handler: a signal handler must not import.
+    from .relay import close_all_sockets
+
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -101,5 +107,8 @@ def worker_exit(server: Any, worker: Any) -> None:
     :mod:`turbocast.handoff`), which gunicorn does not wait for; each was asked
     to close with 1001 on SIGTERM, and here they get the graceful timeout to do so.
     """
+    from . import handoff
+    from .relay import close_all_sockets
+
     close_all_sockets()
     handoff.join(timeout=float(getattr(worker.cfg, "graceful_timeout", 5)))

@@ -116,6 +116,13 @@ def test_push_from_a_process_without_flask_reaches_the_socket(web, redis_client,
         ws.close()
 
 
+def test_the_server_starts_clean(web):
+    # gunicorn's master imported -c python:turbocast.gunicorn_hooks before a gevent worker
+    # patched: had that import loaded redis or ssl, gevent would have warned here.
+    assert "MonkeyPatchWarning" not in web.log()
+    assert "Booting worker" in web.log()
+
+
 def test_handshake_without_session_cookie_is_refused(web):
     assert handshake_status(web.ws_url, cookie=None) == STATUS_NO_SESSION
     wait_for(lambda: "refused WebSocket handshake: no session cookie" in web.log())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
 
+from tests.support import ROOT
 from turbocast import gunicorn_hooks
 
 
@@ -61,3 +63,57 @@ def test_zero_keeps_pythons_own(monkeypatch):
     gunicorn_hooks.switch_interval(ThreadWorker())
 
     assert sys.getswitchinterval() == pytest.approx(0.005)
+
+
+def _run(code: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True, text=True, check=False, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_importing_the_hooks_loads_nothing_a_gevent_worker_must_patch_first():
+    # What gunicorn's master does with -c python:turbocast.gunicorn_hooks, before the fork.
+    loaded = _run(
+        "import sys; before = set(sys.modules); import turbocast.gunicorn_hooks;"
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    ).split()
+    assert {"turbocast", "turbocast.gunicorn_hooks"} <= set(loaded)
+    roots = {name.split(".")[0] for name in loaded}
+    unwanted = {"ssl", "_ssl", "socket", "select", "selectors", "threading", "redis", "hiredis"}
+    unwanted |= {"flask", "werkzeug", "wsproto", "celery", "gevent", "app", "workers"}
+    assert roots & unwanted == set()
+    assert [name for name in loaded if name.startswith("turbocast.")] == [
+        "turbocast.gunicorn_hooks"
+    ]
+
+
+GEVENT_WORKER = """
+import warnings
+
+import turbocast.gunicorn_hooks as hooks  # gunicorn's master, before the fork
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    from gevent import monkey
+
+    monkey.patch_all()  # what gunicorn's gevent worker does first
+
+class GeventWorker:
+    class cfg:
+        graceful_timeout = 1
+
+GeventWorker.__module__ = "gunicorn.workers.ggevent"
+hooks.post_worker_init(GeventWorker())  # imports the rest of turbocast, after the patch
+hooks.worker_exit(None, GeventWorker())
+for warning in caught:
+    print(warning.category.__name__, warning.message)
+print("started")
+"""
+
+
+def test_a_gevent_worker_patches_before_turbocast_loads_redis_or_ssl():
+    pytest.importorskip("gevent")
+    assert _run(GEVENT_WORKER).splitlines() == ["started"]

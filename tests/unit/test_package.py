@@ -50,6 +50,21 @@ def test_app_turbo_is_not_a_second_name(name):
     assert not any(module.startswith("app.turbo") for module in sys.modules)
 
 
+def test_each_public_name_loads_from_the_module_type_checkers_read_it_from():
+    # The package imports its names on first use; the TYPE_CHECKING block is what mypy reads.
+    tree = ast.parse((CORE / "__init__.py").read_text())
+    (block,) = [
+        n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"
+    ]
+    typed = {alias.name: f"turbocast.{node.module}" for node in block.body for alias in node.names}
+    assert sorted(typed) == sorted(turbocast.__all__)
+    for name, module in typed.items():
+        assert getattr(turbocast, name) is getattr(importlib.import_module(module), name), name
+    assert set(turbocast.__all__) <= set(dir(turbocast))
+    with pytest.raises(AttributeError, match="has no attribute 'Trubo'"):
+        turbocast.Trubo  # noqa: B018
+
+
 def test_the_demo_and_the_workers_use_only_public_names():
     demo = [path for path in _sources(ROOT / "app") if CORE not in path.parents]
     for path in demo + _sources(ROOT / "workers"):

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         STATUS_BAD_STREAM,
         STATUS_NO_SESSION,
         STATUS_REDIS_UNAVAILABLE,
+        STATUS_SERVER_CANNOT_HOLD,
         STATUS_TOO_MANY_SOCKETS,
     )
     from .errors import (
@@ -86,6 +87,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "STATUS_BAD_STREAM",
         "STATUS_NO_SESSION",
         "STATUS_REDIS_UNAVAILABLE",
+        "STATUS_SERVER_CANNOT_HOLD",
         "STATUS_TOO_MANY_SOCKETS",
     ),
     "errors": (
@@ -121,6 +123,7 @@ __all__ = [
     "STATUS_BAD_STREAM",
     "STATUS_NO_SESSION",
     "STATUS_REDIS_UNAVAILABLE",
+    "STATUS_SERVER_CANNOT_HOLD",
     "STATUS_TOO_MANY_SOCKETS",
     "SUBPROTOCOL",
     "StreamSigner",

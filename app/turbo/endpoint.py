@@ -52,6 +52,9 @@ STATUS_BAD_STREAM = 403
 STATUS_BAD_POSITION = 400
 #: HTTP status of a handshake past ``TURBO_MAX_SOCKETS_PER_SESSION``.
 STATUS_TOO_MANY_SOCKETS = 429
+#: HTTP status of a handshake to a server that serves one request at a time per process
+#: (gunicorn's sync worker): an open page would hold its only worker.
+STATUS_SERVER_CANNOT_HOLD = 500
 #: HTTP status of a handshake when Redis did not confirm the subscription or give the
 #: history within ``TURBO_REDIS_TIMEOUT``.
 STATUS_REDIS_UNAVAILABLE = 503
@@ -134,9 +137,26 @@ def parse_positions(values: list[str]) -> dict[str, str] | None:
     return positions
 
 
+def _server_refusal() -> Response | None:
+    # A server that serves one request at a time per process (gunicorn's sync worker,
+    # Werkzeug unthreaded) would give its only worker to one open page: refuse it.
+    if request.environ.get("wsgi.multithread"):
+        return None
+    logger.error(
+        "turbocast: this server serves one request at a time per process, so one open "
+        "page would hold it: run gunicorn with --threads (gthread) or -k gevent",
+        extra={"turbo_server": request.environ.get("SERVER_SOFTWARE")},
+    )
+    return Response(
+        "this server cannot hold a stream: it serves one request at a time\n",
+        status=STATUS_SERVER_CANNOT_HOLD,
+        mimetype="text/plain",
+    )
+
+
 def _admit(state: TurboState, positions: list[str]) -> Admission | Response:
     """Every check a client must pass, in order; the admission or the refusal."""
-    refusal = _origin_refusal(state.config)
+    refusal = _server_refusal() or _origin_refusal(state.config)
     if refusal is not None:
         return refusal
     sid = session.get(SESSION_KEY)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
-from flask import Flask, current_app, request, send_file
+from flask import Flask, current_app, send_file
 from werkzeug.wrappers import Response as BaseResponse
 
 from .channels import (
@@ -27,7 +27,6 @@ from .helpers import (
     ENDPOINT,
     SCRIPT_ENDPOINT,
     SSE_ENDPOINT,
-    session_id,
     stream_url,
     turbo_stream_source,
 )
@@ -209,7 +208,8 @@ class Turbo:
 
     ``Turbo(app)`` or ``turbo.init_app(app)`` registers the WebSocket endpoint
     (``TURBO_WEBSOCKET_ROUTE``, ``/turbo-stream`` by default), the template
-    helper ``turbo_stream_source()`` and a session id for every browser session.
+    helper ``turbo_stream_source()``, and a session id for each browser session that
+    renders a stream source (or calls ``session_id()``): no other response gets a cookie.
 
     :param app: the app to set up now; or call :meth:`init_app` later.
     """
@@ -261,7 +261,6 @@ class Turbo:
         app.add_url_rule(
             app.config["TURBO_SCRIPT_ROUTE"], endpoint=SCRIPT_ENDPOINT, view_func=_script
         )
-        app.before_request(_ensure_session_id)
         app.context_processor(
             lambda: {"turbo_stream_source": turbo_stream_source, "turbo_stream_url": stream_url}
         )
@@ -301,12 +300,6 @@ class Turbo:
         :param streams: ``TurboStream`` objects, sent as one message.
         """
         return _state().publisher.to_all(*streams)
-
-
-def _ensure_session_id() -> None:
-    # No session for the socket itself, static files, or requests that matched no route.
-    if request.endpoint not in (None, ENDPOINT, SSE_ENDPOINT, SCRIPT_ENDPOINT, "static"):
-        session_id()
 
 
 def _script() -> BaseResponse:

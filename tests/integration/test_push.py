@@ -32,6 +32,7 @@ from tests.support import (
 from turbocast import (
     CLOSE_OUTBOX_OVERFLOW,
     STATUS_NO_SESSION,
+    STATUS_SERVER_CANNOT_HOLD,
     Publisher,
     TurboStream,
     broadcast_channel,
@@ -121,6 +122,24 @@ def test_the_server_starts_clean(web):
     # patched: had that import loaded redis or ssl, gevent would have warned here.
     assert "MonkeyPatchWarning" not in web.log()
     assert "Booting worker" in web.log()
+
+
+def test_a_server_that_serves_one_request_at_a_time_refuses_to_hold_a_socket(redis_url, log_dir):
+    # gunicorn's default sync worker: one open page would hold the process's only worker.
+    web = WebServer(redis_url, worker_class="sync", threads=1).start(log_dir)
+    try:
+        cookie = open_session(web.base_url)
+        assert handshake_status(web.ws_url, cookie) == STATUS_SERVER_CANNOT_HOLD
+        wait_for(
+            lambda: (
+                "ERROR turbocast: turbocast: this server serves one request at a time" in web.log()
+            ),
+            what="the refusal's log line",
+        )
+        # The site itself goes on answering: the worker was not taken.
+        assert open_session(web.base_url)
+    finally:
+        web.stop()
 
 
 def test_handshake_without_session_cookie_is_refused(web):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 
 from app import create_app
-from turbocast import Turbo
+from turbocast import STATUS_SERVER_CANNOT_HOLD, Turbo
 from turbocast.errors import TurboError
 from turbocast.extension import DEFAULTS, TurboState
 from turbocast.helpers import SESSION_KEY
@@ -23,9 +25,22 @@ CONFIG = {
 }
 
 
+class ThreadedServerClient(FlaskClient):
+    """Flask's test client, saying what a threaded server (gthread, Werkzeug) says.
+
+    turbocast refuses streams on a server that serves one request at a time, and
+    the test client's environ says ``wsgi.multithread`` is false.
+    """
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("environ_overrides", {}).setdefault("wsgi.multithread", True)
+        return super().open(*args, **kwargs)
+
+
 @pytest.fixture
 def app():
     app = create_app(CONFIG)
+    app.test_client_class = ThreadedServerClient
     yield app
     app.extensions["turbo"].shutdown()
 
@@ -94,6 +109,24 @@ def test_plain_get_of_the_stream_endpoint_is_a_400(app):
 
     assert response.status_code == 400
     assert b"Bad Request" in response.data
+
+
+def test_a_route_that_renders_no_stream_source_gets_no_session_cookie(app):
+    @app.get("/api/count")
+    def count():
+        return {"count": 3}
+
+    client = app.test_client()
+
+    response = client.get("/api/count")
+
+    assert response.json == {"count": 3}
+    assert "Set-Cookie" not in response.headers
+    assert "Cookie" not in response.headers.get("Vary", "")
+    assert client.get_cookie("session") is None
+    # The first page with a stream source starts the session.
+    client.get("/")
+    assert client.get_cookie("session") is not None
 
 
 def test_requests_that_match_no_route_get_no_session_cookie(app):
@@ -168,10 +201,21 @@ def test_sse_endpoint_with_a_malformed_last_event_id_is_refused_with_400(app):
 
 def test_sse_endpoint_follows_turbo_sse_route():
     app = create_app({**CONFIG, "TURBO_SSE_ROUTE": "/push/events"})
-    client = app.test_client()
+    client = ThreadedServerClient(app, app.response_class, use_cookies=True)
 
     assert client.get("/push/events").status_code == 403  # there, and wants a session
     assert client.get("/turbo-stream/events").status_code == 404
+
+
+def test_a_stream_on_a_server_that_serves_one_request_at_a_time_is_refused(app, caplog):
+    client = FlaskClient(app, app.response_class, use_cookies=True)  # multithread: false
+    client.get("/")
+
+    with caplog.at_level("ERROR", logger="turbocast"):
+        response = client.get("/turbo-stream/events")
+
+    assert response.status_code == STATUS_SERVER_CANNOT_HOLD
+    assert any("one request at a time" in r.getMessage() for r in caplog.records)
 
 
 def test_creating_the_app_and_serving_pages_starts_no_relay(app):

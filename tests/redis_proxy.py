@@ -120,8 +120,10 @@ class RedisProxy:
         parts = urlsplit(redis_url)
         if parts.scheme != "redis":
             raise ValueError(f"the proxy speaks plain TCP: {redis_url!r}")
+        if parts.port is None:
+            raise ValueError(f"name the upstream Redis's port: {redis_url!r}")
         self._parts = parts
-        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        self._upstream = (parts.hostname or "127.0.0.1", parts.port)
         self.max_connections = max_connections
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.setblocking(False)

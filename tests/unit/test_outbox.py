@@ -327,7 +327,6 @@ class _Producer:
         for m in self.messages:
             self.results.append(self.outbox.put(m))
             self.lowest_pending = min(self.lowest_pending, self.outbox.pending_bytes)
-            time.sleep(0)
 
 
 def _drain_until_done(

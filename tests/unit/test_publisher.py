@@ -281,7 +281,7 @@ def test_the_timeout_bounds_connecting_and_every_reply(monkeypatch):
     from_url = _FromUrl()
     monkeypatch.setattr(redis.Redis, "from_url", from_url)
 
-    Publisher("redis://example:6379/0", timeout=0.5)
+    Publisher("redis://example.invalid:1/0", timeout=0.5)
 
     assert from_url.kwargs["socket_timeout"] == 0.5
     assert from_url.kwargs["socket_connect_timeout"] == 0.5
@@ -293,7 +293,7 @@ def test_the_default_timeout_is_five_seconds(monkeypatch):
     from_url = _FromUrl()
     monkeypatch.setattr(redis.Redis, "from_url", from_url)
 
-    Publisher("redis://example:6379/0")
+    Publisher("redis://example.invalid:1/0")
 
     assert DEFAULT_TIMEOUT == 5.0
     assert from_url.kwargs["socket_timeout"] == from_url.kwargs["socket_connect_timeout"] == 5.0

@@ -9,7 +9,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -185,13 +185,6 @@ class Serving:
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "serve() did not return"
         return self.reason
-
-
-def _wait(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {condition}"
-        time.sleep(0.01)
 
 
 # -- the handshake ------------------------------------------------------------------------
@@ -381,7 +374,7 @@ def test_heartbeats_ping_and_a_peer_that_answers_stays(pair):
         ws.outbox.beat()
         ping = peer.next_of(Ping)
         peer.send(ping.response())
-        _wait(lambda: ws._pong_received)
+        wait_for(lambda: ws._pong_received, timeout=5)
     ws.outbox.put(_message(1))
     assert peer.texts(1) == ["<p>1</p>"]
     ws.outbox.close(1000, "done")
@@ -650,7 +643,7 @@ def test_a_tls_socket_gets_a_reader_of_its_own_that_stops_with_it(tls_pair):
     assert peer.next_of(CloseConnection).code == 1000
 
     assert serving.result() == "client closed (1000)"
-    _wait(lambda: len(_tls_readers()) == before)
+    wait_for(lambda: len(_tls_readers()) == before, timeout=5)
 
 
 def test_tls_reads_and_writes_at_once_without_corrupting_the_stream(tls_pair):
@@ -707,7 +700,7 @@ def test_a_tls_peer_that_stops_reading_is_dropped_after_the_send_timeout(ca):
 
         assert Serving(ws).result() == "write failed: TimeoutError"
         assert time.monotonic() - started < 5
-        _wait(lambda: not any(t.is_alive() for t in _tls_readers()))
+        wait_for(lambda: not any(t.is_alive() for t in _tls_readers()), timeout=5)
     finally:
         server.close()
         client.close()

@@ -352,7 +352,7 @@ class WebSocket:
                 if not alive:
                     break
         except Exception:  # noqa: BLE001 - this socket is done; the writer will see it
-            logger.exception("turbocast: reading a TLS socket failed")
+            logger.exception("reading a TLS socket failed")
         self._peer_gone()
 
     def _recv_tls(self) -> tuple[bytes, bool, bool]:
@@ -385,7 +385,7 @@ class WebSocket:
         try:
             alive = self.read_ready()
         except Exception:  # noqa: BLE001 - the hub must go on; this socket is done
-            logger.exception("turbocast: reading a socket failed")
+            logger.exception("reading a socket failed")
             alive = False
         if not alive and self._reader is not None and self._reader != "shared":
             self._reader.stop()
@@ -403,7 +403,7 @@ class WebSocket:
                 if not data or not self._received(data):
                     break
         except Exception:  # noqa: BLE001 - this socket is done; the writer will see it
-            logger.exception("turbocast: reading a TLS socket failed")
+            logger.exception("reading a TLS socket failed")
         self._peer_gone()
 
     def _received(self, data: bytes) -> bool:
@@ -456,7 +456,7 @@ class WebSocket:
     def _refuse(self, code: int, reason: str) -> None:
         if self.outbox.closing is None:
             logger.warning(
-                "turbocast: closing socket: %s",
+                "closing socket: %s",
                 reason,
                 extra={"turbo_close_code": code, "turbo_close_reason": reason},
             )
@@ -557,7 +557,7 @@ class WebSocket:
             self._send(self._encode(CloseConnection(code=code, reason=reason)))
             self._close_sent = True
         except Exception:  # noqa: BLE001 - the peer may already be gone; closing anyway
-            logger.debug("turbocast: close frame not sent", exc_info=True)
+            logger.debug("close frame not sent", exc_info=True)
 
     def abort(self, code: int, reason: str) -> None:
         """Close after a failure: a close frame with ``code`` if the 101 went out, then the end.
@@ -577,7 +577,7 @@ class WebSocket:
             try:
                 self._finish()
             except Exception:  # noqa: BLE001 - abort never raises
-                logger.debug("turbocast: abort did not finish cleanly", exc_info=True)
+                logger.debug("abort did not finish cleanly", exc_info=True)
 
     # -- closing (the writer only) -------------------------------------------------------------
 
@@ -627,4 +627,4 @@ class WebSocket:
         if self.gevent and not reader.dead:  # pragma: no cover - closing wakes it
             reader.kill(block=False)
         elif not self.gevent and reader.is_alive():  # pragma: no cover - poll has a timeout
-            logger.warning("turbocast: a TLS reader did not stop in time")
+            logger.warning("a TLS reader did not stop in time")

@@ -78,7 +78,7 @@ def _refuse(
     status: int, reason: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> Response:
     logger.warning(
-        "turbocast: refused WebSocket handshake: %s",
+        "refused WebSocket handshake: %s",
         reason,
         extra={"turbo_status": status, "turbo_remote_addr": request.remote_addr, **extra},
     )
@@ -112,7 +112,7 @@ def _channels(state: TurboState, sid: str) -> list[str] | Response:
     try:
         return state.page_channels(sid, names)
     except InvalidChannelError:
-        logger.exception("turbocast: the user loader returned an unusable id")
+        logger.exception("the user loader returned an unusable id")
         return _refuse(STATUS_NO_SESSION, "invalid user id")
 
 
@@ -143,7 +143,7 @@ def _server_refusal() -> Response | None:
     if request.environ.get("wsgi.multithread"):
         return None
     logger.error(
-        "turbocast: this server serves one request at a time per process, so one open "
+        "this server serves one request at a time per process, so one open "
         "page would hold it: run gunicorn with --threads (gthread) or -k gevent",
         extra={"turbo_server": request.environ.get("SERVER_SOFTWARE")},
     )
@@ -199,7 +199,7 @@ def _replay(state: TurboState, admission: Admission) -> list[Message]:
             newest = entries[-1][0] if entries else position
             replay.append(Message(raw, label, newest, REFRESH_HTML, gap=True))
             logger.info(
-                "turbocast: client was away longer than the history holds; sent a refresh",
+                "client was away longer than the history holds; sent a refresh",
                 extra={"turbo_label": label, "turbo_since": position},
             )
         else:
@@ -242,7 +242,7 @@ def _log_closed(sid: str, outbox: Outbox, reason: str, *, gave_up: bool = False)
     )
     logger.log(
         logging.WARNING if refused else logging.INFO,
-        "turbocast: socket closed: %s",
+        "socket closed: %s",
         reason,
         extra={"turbo_session": sid[:8], "turbo_dropped": outbox.dropped},
     )
@@ -282,10 +282,10 @@ def websocket_endpoint() -> Response:
         try:
             ws.accept()
         except Exception:  # noqa: BLE001 - the peer or the socket failed during the 101
-            logger.exception("turbocast: WebSocket handshake failed after it was admitted")
+            logger.exception("WebSocket handshake failed after it was admitted")
             return _WebSocketResponse(ws.mode)  # no HTTP on a socket that may have its 101
         logger.info(
-            "turbocast: socket open",
+            "socket open",
             extra={"turbo_session": admission.sid[:8], "turbo_channels": len(admission.channels)},
         )
         # From here the writer owns the socket's slot and subscription, and ends them.
@@ -296,7 +296,7 @@ def websocket_endpoint() -> Response:
             try:
                 reason = ws.serve(replay)
             except Exception:  # noqa: BLE001 - logged; the socket is closed with 1011
-                logger.exception("turbocast: socket writer failed")
+                logger.exception("socket writer failed")
                 ws.abort(CLOSE_INTERNAL_ERROR, "internal error")
                 outbox.close(CLOSE_INTERNAL_ERROR, "internal error")
                 reason = "internal error"

@@ -157,7 +157,7 @@ class TurboState:
             ids = self.publisher.history.positions([history_key(c, prefix) for c in channels])
         except (redis.RedisError, TurboError) as exc:
             logger.warning(
-                "turbocast: no stream positions for the page (%s)",
+                "no stream positions for the page (%s)",
                 exc.__class__.__name__,
                 extra={"turbo_error": repr(exc)},
             )

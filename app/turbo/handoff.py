@@ -94,7 +94,7 @@ def spawn(run: Callable[[], object]) -> None:
         try:
             run()
         except Exception:  # noqa: BLE001 - logged here: no request is left to report it
-            logger.exception("turbocast: socket writer failed")
+            logger.exception("socket writer failed")
         finally:
             _writers.discard(current)
             if not _writers and _all_done is not None:
@@ -118,5 +118,5 @@ def join(timeout: float) -> int:
     _all_done.wait(timeout)
     left = len(_writers)
     if left:
-        logger.warning("turbocast: %d socket writers still running at exit", left)
+        logger.warning("%d socket writers still running at exit", left)
     return left

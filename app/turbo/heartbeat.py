@@ -43,7 +43,7 @@ class Heartbeat:
     def start(self) -> None:
         """Start the thread (the relay calls this once, under its lock)."""
         self._thread.start()
-        logger.info("turbocast: heartbeat started", extra={"turbo_interval": self.interval})
+        logger.info("heartbeat started", extra={"turbo_interval": self.interval})
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread and wait for it.

@@ -160,7 +160,7 @@ class History:
             result = self._run_script(keys, args)
         if len(result) > 2:
             logger.info(
-                "turbocast: the retried publish had landed; not sent again",
+                "the retried publish had landed; not sent again",
                 extra={"turbo_channel": channel, "turbo_id": _text(result[0])},
             )
         return _text(result[0]), int(result[1])

@@ -124,7 +124,7 @@ class Listener:
     def start(self) -> None:
         """Start the thread (the relay calls this once, under its lock)."""
         self._thread.start()
-        logger.info("turbocast: relay started", extra={"turbo_control": self.control_channel})
+        logger.info("relay started", extra={"turbo_control": self.control_channel})
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread and wait for it.
@@ -148,7 +148,7 @@ class Listener:
         try:
             self._waker(self.control_channel)
         except redis.RedisError:
-            logger.debug("turbocast: relay wake-up not sent", exc_info=True)
+            logger.debug("relay wake-up not sent", exc_info=True)
 
     # -- the thread -----------------------------------------------------------------
 
@@ -162,7 +162,7 @@ class Listener:
             except (redis.RedisError, OSError) as exc:
                 self._lost(exc, delay, attempt)
             except Exception as exc:  # noqa: BLE001 - the listener thread must never die
-                logger.exception("turbocast: relay error")
+                logger.exception("relay error")
                 self._lost(exc, delay, attempt)
             else:
                 continue
@@ -172,7 +172,7 @@ class Listener:
 
     def _lost(self, exc: BaseException, delay: float, attempt: int) -> None:
         logger.warning(
-            "turbocast: relay lost Redis (%s); reconnecting in up to %.0fs",
+            "relay lost Redis (%s); reconnecting in up to %.0fs",
             exc.__class__.__name__,
             delay,
             extra={"turbo_error": repr(exc), "turbo_attempt": attempt},
@@ -214,7 +214,7 @@ class Listener:
                         self._lost_at_ms = None
                     self.connected.set()
                     logger.info(
-                        "turbocast: relay subscribed to Redis",
+                        "relay subscribed to Redis",
                         extra={"turbo_channels": len(self._subscribed)},
                     )
                     yield
@@ -228,7 +228,7 @@ class Listener:
             try:
                 pubsub.close()
             except Exception:  # noqa: BLE001 - the connection is already broken
-                logger.debug("turbocast: closing pub/sub failed", exc_info=True)
+                logger.debug("closing pub/sub failed", exc_info=True)
 
     def _sync(self, pubsub: PubSub) -> None:
         # Make Redis's view match the registry: one SUBSCRIBE and one UNSUBSCRIBE at most.
@@ -275,7 +275,7 @@ class Listener:
         try:
             message = Message.from_payload(channel, self._label(channel), data)
         except Exception:  # noqa: BLE001 - one bad message must not stop the others
-            logger.exception("turbocast: relay dropped a message", extra={"turbo_channel": channel})
+            logger.exception("relay dropped a message", extra={"turbo_channel": channel})
             return
         self._deliver(message)
 
@@ -289,9 +289,7 @@ class Listener:
         try:
             self._relay.deliver(message)
         except Exception:  # noqa: BLE001 - one bad outbox must not cost the connection
-            logger.exception(
-                "turbocast: relay dropped a message", extra={"turbo_channel": message.channel}
-            )
+            logger.exception("relay dropped a message", extra={"turbo_channel": message.channel})
 
     def _catch_up(self, lost_at: int) -> None:
         """After an outage: deliver what each channel's history got while the relay was away.
@@ -324,7 +322,7 @@ class Listener:
         for message in missed:
             self._deliver(message)
         logger.info(
-            "turbocast: relay caught up after the outage",
+            "relay caught up after the outage",
             extra={"turbo_messages": len(missed), "turbo_redis_restarted": restarted},
         )
 
@@ -343,7 +341,7 @@ class Listener:
                     results.append(self._history.since(key, position))
                 except redis.ResponseError:
                     logger.exception(
-                        "turbocast: relay could not read a channel's history",
+                        "relay could not read a channel's history",
                         extra={"turbo_key": key},
                     )
                     results.append(([], False))

@@ -170,7 +170,7 @@ class Publisher:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # A dropped connection or a Redis restart: one more try on a fresh connection.
             logger.warning(
-                "turbocast: publish failed, retrying once",
+                "publish failed, retrying once",
                 extra={"turbo_channel": channel, "turbo_error": repr(exc)},
             )
         except redis.RedisError as exc:
@@ -185,9 +185,7 @@ class Publisher:
 
     @staticmethod
     def _failed(channel: str, exc: redis.RedisError) -> PublishError:
-        logger.error(
-            "turbocast: publish failed", extra={"turbo_channel": channel, "turbo_error": repr(exc)}
-        )
+        logger.error("publish failed", extra={"turbo_channel": channel, "turbo_error": repr(exc)})
         return PublishError(f"Redis did not accept the message for {channel}: {exc}")
 
     def close(self) -> None:

@@ -60,9 +60,7 @@ class Readers:
             if stale is not None:
                 # A socket was closed without being removed and its descriptor went
                 # to this one: what is registered under it is no longer real.
-                logger.warning(
-                    "turbocast: replaced a stale reader registration", extra={"turbo_fd": fd}
-                )
+                logger.warning("replaced a stale reader registration", extra={"turbo_fd": fd})
                 self._forget(stale.data)
             self._selector.register(fd, selectors.EVENT_READ, conn)
             self._fds[conn] = fd
@@ -98,7 +96,7 @@ class Readers:
             try:
                 ready = self._selector.select(timeout=1.0)
             except OSError:  # pragma: no cover - a socket closed under select
-                logger.debug("turbocast: reader select failed", exc_info=True)
+                logger.debug("reader select failed", exc_info=True)
                 continue
             with self._lock:
                 for key, _ in ready:
@@ -108,7 +106,7 @@ class Readers:
                     try:
                         alive = conn.read_ready()
                     except Exception:  # noqa: BLE001 - one bad socket must not stop the reader
-                        logger.exception("turbocast: reading a socket failed")
+                        logger.exception("reading a socket failed")
                         alive = False
                     if not alive:
                         self._forget(conn)

@@ -90,7 +90,9 @@ def _worker_pids(master: int) -> list[int]:
 
 def _started(log: str, what: str) -> Counter[int]:
     """How many times each process logged ``turbocast: <what> started``."""
-    return Counter(int(pid) for pid in re.findall(rf"\[(\d+)\].*turbocast: {what} started", log))
+    return Counter(
+        int(pid) for pid in re.findall(rf"\[(\d+)\].*turbocast\.\w+: {what} started", log)
+    )
 
 
 def _threads(pid: int) -> Counter[str]:

@@ -131,9 +131,7 @@ def test_a_server_that_serves_one_request_at_a_time_refuses_to_hold_a_socket(red
         cookie = open_session(web.base_url)
         assert handshake_status(web.ws_url, cookie) == STATUS_SERVER_CANNOT_HOLD
         wait_for(
-            lambda: (
-                "ERROR turbocast: turbocast: this server serves one request at a time" in web.log()
-            ),
+            lambda: "ERROR turbocast: this server serves one request at a time" in web.log(),
             what="the refusal's log line",
         )
         # The site itself goes on answering: the worker was not taken.
@@ -268,7 +266,7 @@ def test_peer_that_stops_reading_is_dropped_after_the_send_timeout(
             publisher.to_session(sid, big)
 
         wait_for(
-            lambda: "WARNING turbocast: turbocast: socket closed: write failed" in web.log(),
+            lambda: "WARNING turbocast: socket closed: write failed" in web.log(),
             what="the stuck write giving up",
         )
         wait_for(lambda: numsub(client, channel_for(sid)) == 0, what="the socket detached")
@@ -288,7 +286,7 @@ def test_heartbeat_pings_keep_an_answering_peer_and_drop_a_silent_one(
         # Unanswered, the next heartbeat finds no pong and the server hangs up.
         assert peer.pings(10, answer=False) < 10
         wait_for(
-            lambda: "WARNING turbocast: turbocast: socket closed: heartbeat timeout" in web.log(),
+            lambda: "WARNING turbocast: socket closed: heartbeat timeout" in web.log(),
             what="the heartbeat log line",
         )
         wait_for(lambda: numsub(client, channel_for(sid)) == 0, what="the socket detached")

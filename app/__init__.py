@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,8 +37,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     _configure_logging(str(app.config["LOG_LEVEL"]))
     if not app.config["SECRET_KEY"]:
-        logger.warning("SECRET_KEY is not set: using an insecure development key")
-        app.config["SECRET_KEY"] = config.INSECURE_DEV_KEY
+        if not (app.debug or app.testing):
+            # A known key lets anyone forge a session cookie (and so take over another
+            # browser's pushes) or sign any stream name: never serve with one.
+            raise config.ConfigError(config.UNSIGNED_REFUSAL)
+        logger.warning(
+            "SECRET_KEY is not set: using a random key for this %s process",
+            "debug" if app.debug else "testing",
+        )
+        app.config["SECRET_KEY"] = secrets.token_hex(32)
 
     app.config["CELERY"] = config.celery_config(app.config)
 

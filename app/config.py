@@ -6,7 +6,8 @@ as strings otherwise. ``create_app(test_config)`` overrides both.
 
 =============================  ===========================================================
 ``SECRET_KEY``                 Signs the session cookie that identifies a browser to its
-                               socket. Required in production; the same on every process.
+                               socket. Required (the app refuses to start without it, except
+                               in debug or testing); the same on every process.
 ``REDIS_URL``                  The Redis server: Celery's broker and the push channels.
 ``LOG_LEVEL``                  Logging level when nothing else configured logging (INFO).
 ``CELERY``                     Celery settings as a JSON object, over the defaults below
@@ -61,8 +62,19 @@ from turbocast import DEFAULTS as TURBO_DEFAULTS
 
 logger = logging.getLogger(__name__)
 
-#: Used only when SECRET_KEY is unset; create_app logs a warning when it is.
-INSECURE_DEV_KEY = "turbocast-insecure-development-key"
+#: Why the demo does not start without SECRET_KEY (outside debug and testing).
+UNSIGNED_REFUSAL = (
+    "SECRET_KEY is not set. It signs the session cookie that ties a browser to its pushes, "
+    "and the names of the streams a page may hear: set it to a long random string, the same "
+    "in every web and worker process, e.g. "
+    "SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))'). "
+    "(`make run` makes one for this checkout; debug and testing use a random one.)"
+)
+
+
+class ConfigError(RuntimeError):
+    """The demo's configuration cannot be served safely."""
+
 
 DEFAULTS: dict[str, Any] = {
     "SECRET_KEY": None,

@@ -18,6 +18,31 @@ from honcho.manager import Manager
 from app.embedded_redis import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
+#: This checkout's own SECRET_KEY, made by the first `make run`: Flask's instance folder
+#: holds what stays out of version control.
+KEY_FILE = ROOT / "instance" / "secret_key"
+
+
+def checkout_secret_key(path: Path = KEY_FILE) -> str:
+    """Return the key kept at ``path``, making a random one (readable by its owner only) once.
+
+    The same key across runs, so a browser's session survives a restart of ``make run``;
+    a different one in every checkout, so no two installs share it.
+
+    :param path: where the key is kept.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text().strip()
+        if not key:
+            raise SystemExit(f"{path} is empty: delete it and `make run` makes a new key") from None
+        return key
+    key = secrets.token_hex(32)
+    with os.fdopen(fd, "w") as file:
+        file.write(key + "\n")
+    return key
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     env["PORT"] = str(args.port)
     env.setdefault("PYTHONUNBUFFERED", "1")
     if not env.get("SECRET_KEY"):
-        # One key for every process of this run, so they all accept the same cookies.
-        env["SECRET_KEY"] = secrets.token_hex(32)
-        print("turbocast: SECRET_KEY not set; using a random one for this run", flush=True)
+        # One key for every process, so they all accept the same cookies.
+        env["SECRET_KEY"] = checkout_secret_key()
+        print(f"turbocast: SECRET_KEY not set; using this checkout's key ({KEY_FILE})", flush=True)
     # Processes find their commands (gunicorn, celery) next to this interpreter.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
 

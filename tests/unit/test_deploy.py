@@ -124,7 +124,7 @@ def _installed_composes() -> dict[str, tuple[str, ...]]:
 
 
 def _compose_config(tool: tuple[str, ...], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in TLS_ENV}
+    clean = {k: v for k, v in os.environ.items() if k not in TLS_ENV and k != "SECRET_KEY"}
     return subprocess.run(
         [*tool, "-f", str(COMPOSE), "config"],
         capture_output=True, text=True, check=False, cwd=ROOT, env={**clean, **env},
@@ -143,7 +143,7 @@ def _compose_tool(version: str) -> tuple[str, ...]:
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_compose_file_passes_compose_config(version):
     tool = _compose_tool(version)
-    result = _compose_config(tool, TLS_ENV)
+    result = _compose_config(tool, {**TLS_ENV, "SECRET_KEY": "k" * 64})
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
     assert set(services) >= {"redis", "install", "assets", "web", "worker", "beat", "proxy"}
@@ -157,6 +157,14 @@ def test_compose_file_passes_compose_config(version):
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_compose_refuses_to_start_without_a_certificate(version):
     tool = _compose_tool(version)
-    result = _compose_config(tool, {})
+    result = _compose_config(tool, {"SECRET_KEY": "k" * 64})
     assert result.returncode != 0
     assert "set TURBO_TLS_CERT to the path of your TLS certificate chain" in result.stderr
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_compose_refuses_to_start_without_a_secret_key(version):
+    tool = _compose_tool(version)
+    result = _compose_config(tool, TLS_ENV)
+    assert result.returncode != 0
+    assert "set SECRET_KEY to a long random string" in result.stderr

@@ -30,41 +30,11 @@ from .helpers import (
     stream_url,
     turbo_stream_source,
 )
-from .outbox import DEFAULT_OUTBOX_BYTES
-from .publisher import (
-    DEFAULT_HISTORY_MAXLEN,
-    DEFAULT_HISTORY_SECONDS,
-    DEFAULT_MAX_MESSAGE_BYTES,
-    Publisher,
-)
+from .publisher import Publisher
 from .relay import Relay
+from .settings import DEFAULTS, redis_url
 
 logger = logging.getLogger("turbocast")
-
-#: Every setting the extension reads, with its default. ``TURBO_REDIS_URL``
-#: falls back to ``REDIS_URL``.
-DEFAULTS: dict[str, Any] = {
-    "TURBO_REDIS_URL": None,
-    "TURBO_WEBSOCKET_ROUTE": "/turbo-stream",
-    "TURBO_CHANNEL_PREFIX": "turbo",
-    "TURBO_OUTBOX_BYTES": DEFAULT_OUTBOX_BYTES,
-    "TURBO_REDIS_TIMEOUT": 5.0,
-    "TURBO_PING_INTERVAL": 25.0,
-    "TURBO_SEND_TIMEOUT": 30.0,
-    "TURBO_MAX_MESSAGE_BYTES": DEFAULT_MAX_MESSAGE_BYTES,
-    "TURBO_MAX_INCOMING_BYTES": 4096,
-    "TURBO_MAX_INCOMING_RATE": 50,
-    "TURBO_TRUSTED_PROXIES": 0,
-    "TURBO_REDIS_HEALTH_CHECK_INTERVAL": 15.0,
-    "TURBO_ALLOWED_ORIGINS": [],
-    "TURBO_MAX_SOCKETS_PER_SESSION": 16,
-    "TURBO_MAX_STREAMS_PER_SOCKET": 32,
-    "TURBO_HISTORY_MAXLEN": DEFAULT_HISTORY_MAXLEN,
-    "TURBO_HISTORY_SECONDS": DEFAULT_HISTORY_SECONDS,
-    "TURBO_TRANSPORT": "turbo",
-    "TURBO_SSE_ROUTE": "/turbo-stream/events",
-    "TURBO_SCRIPT_ROUTE": "/turbocast.js",
-}
 
 SCRIPT = Path(__file__).with_name("static") / "turbocast.js"
 
@@ -108,23 +78,14 @@ class TurboState:
 
     @property
     def redis_url(self) -> str:
-        url = self.config.get("TURBO_REDIS_URL") or self.config.get("REDIS_URL")
-        if not url:
-            raise TurboError("turbocast needs Redis: set REDIS_URL (or TURBO_REDIS_URL)")
-        return str(url)
+        return redis_url(self.config)
 
     @property
     def publisher(self) -> Publisher:
         with self._lock:
             if self._publisher is None:
-                self._publisher = Publisher(
-                    self.redis_url,
-                    timeout=float(self.config["TURBO_REDIS_TIMEOUT"]),
-                    prefix=self.config["TURBO_CHANNEL_PREFIX"],
-                    max_message_bytes=int(self.config["TURBO_MAX_MESSAGE_BYTES"]),
-                    history_maxlen=int(self.config["TURBO_HISTORY_MAXLEN"]),
-                    history_seconds=float(self.config["TURBO_HISTORY_SECONDS"]),
-                )
+                # The same call a worker makes: the two cannot disagree on a setting.
+                self._publisher = Publisher.from_config(self.config)
             return self._publisher
 
     def page_channels(self, sid: str, streams: list[str]) -> list[str]:

@@ -67,8 +67,8 @@ def celery_config(config: Mapping[str, Any]) -> dict[str, Any]:
         "broker_url": config.get("REDIS_URL"),
         "task_ignore_result": True,
         "broker_connection_retry_on_startup": True,
-        # The core's send_later()/broadcast_later() task; workers add their own tasks.
-        "include": ["turbocast.tasks"],
+        # No include for turbocast's task: turbo.init_app(app, celery=...) registers it.
+        # Workers add their own tasks.
         **config.get("CELERY", {}),
     }
 

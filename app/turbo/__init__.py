@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         STATUS_TOO_MANY_SOCKETS,
     )
     from .errors import (
+        CeleryNotConfiguredError,
         InvalidChannelError,
         InvalidStreamError,
         MessageTooLargeError,
@@ -92,6 +93,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "STATUS_TOO_MANY_SOCKETS",
     ),
     "errors": (
+        "CeleryNotConfiguredError",
         "InvalidChannelError",
         "InvalidStreamError",
         "MessageTooLargeError",
@@ -129,6 +131,7 @@ __all__ = [
     "STATUS_TOO_MANY_SOCKETS",
     "SUBPROTOCOL",
     "StreamSigner",
+    "CeleryNotConfiguredError",
     "InvalidChannelError",
     "InvalidStreamError",
     "MessageTooLargeError",

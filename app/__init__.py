@@ -49,8 +49,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     app.config["CELERY"] = config.celery_config(app.config)
 
-    extensions.turbo.init_app(app)
-    celery_init_app(app)
+    # turbo.to_*_later() enqueue on the demo's own Celery app, never on Celery's default.
+    extensions.turbo.init_app(app, celery=celery_init_app(app))
 
     from app.demo import bp as demo_bp
 

@@ -2,7 +2,9 @@
 
 This is Flask's own Celery pattern (docs/patterns/celery.rst): tasks can call
 ``render_template`` and use extensions, and views can enqueue tasks, because
-``create_app`` sets up the same Celery app in the web process too.
+``create_app`` sets up the same Celery app in the web process too. It is not made
+Celery's default app: views enqueue on ``app.extensions["celery"]`` by name, and
+turbocast on the app ``create_app`` hands it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,5 @@ def celery_init_app(app: Flask) -> Celery:
 
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object(app.config["CELERY"])
-    celery_app.set_default()
     app.extensions["celery"] = celery_app
     return celery_app

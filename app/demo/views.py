@@ -27,7 +27,6 @@ from turbocast import (
     InvalidChannelError,
     TurboStream,
     render_streams,
-    send_later,
     session_id,
     user_channel,
 )
@@ -64,7 +63,7 @@ def about() -> str:
 def notify() -> BaseResponse:
     """Enqueue a Celery task that renders a notification and sends it to this session."""
     text = request.form.get("text", "").strip()[:200] or "Hello from a Celery worker"
-    send_later(
+    turbo.to_session_later(
         session_id(),
         "prepend",
         "notifications",

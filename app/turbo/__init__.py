@@ -50,18 +50,20 @@ if TYPE_CHECKING:
         STATUS_TOO_MANY_SOCKETS,
     )
     from .errors import (
+        CeleryNotConfiguredError,
         InvalidChannelError,
         InvalidStreamError,
         MessageTooLargeError,
         PublishError,
         TurboError,
     )
-    from .extension import DEFAULTS, Turbo
+    from .extension import Turbo
     from .helpers import session_id, stream_url, turbo_stream_source
     from .message import SUBPROTOCOL
     from .outbox import CLOSE_OUTBOX_OVERFLOW
     from .publisher import Publisher
     from .relay import close_all_sockets
+    from .settings import DEFAULTS
     from .signing import StreamSigner
     from .streams import ACTIONS, MIME_TYPE, TurboStream, render_streams
     from .tasks import broadcast_later, send_later
@@ -91,18 +93,20 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "STATUS_TOO_MANY_SOCKETS",
     ),
     "errors": (
+        "CeleryNotConfiguredError",
         "InvalidChannelError",
         "InvalidStreamError",
         "MessageTooLargeError",
         "PublishError",
         "TurboError",
     ),
-    "extension": ("DEFAULTS", "Turbo"),
+    "extension": ("Turbo",),
     "helpers": ("session_id", "stream_url", "turbo_stream_source"),
     "message": ("SUBPROTOCOL",),
     "outbox": ("CLOSE_OUTBOX_OVERFLOW",),
     "publisher": ("Publisher",),
     "relay": ("close_all_sockets",),
+    "settings": ("DEFAULTS",),
     "signing": ("StreamSigner",),
     "streams": ("ACTIONS", "MIME_TYPE", "TurboStream", "render_streams"),
     "tasks": ("broadcast_later", "send_later"),
@@ -127,6 +131,7 @@ __all__ = [
     "STATUS_TOO_MANY_SOCKETS",
     "SUBPROTOCOL",
     "StreamSigner",
+    "CeleryNotConfiguredError",
     "InvalidChannelError",
     "InvalidStreamError",
     "MessageTooLargeError",

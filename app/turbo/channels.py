@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 
 from .errors import InvalidChannelError
+from .settings import DEFAULTS
 
-DEFAULT_PREFIX = "turbo"
+DEFAULT_PREFIX: str = DEFAULTS["TURBO_CHANNEL_PREFIX"]
 
 #: Session ids are what :func:`new_session_id` makes: URL-safe base64, 16 to 128 characters.
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")

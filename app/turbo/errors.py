@@ -23,6 +23,14 @@ class MessageTooLargeError(PublishError, ValueError):
     """A message is larger than the configured ``TURBO_MAX_MESSAGE_BYTES``."""
 
 
+class CeleryNotConfiguredError(TurboError):
+    """A ``*_later`` call on an app that names no Celery app to enqueue on.
+
+    turbocast never falls back to Celery's default app: that would send to
+    ``amqp://guest@localhost//`` while the view answers 200.
+    """
+
+
 class HandshakeError(TurboError):
     """A WebSocket upgrade request that cannot be accepted as it is: answer it with HTTP.
 

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 from flask import Flask, current_app, send_file
@@ -30,41 +30,15 @@ from .helpers import (
     stream_url,
     turbo_stream_source,
 )
-from .outbox import DEFAULT_OUTBOX_BYTES
-from .publisher import (
-    DEFAULT_HISTORY_MAXLEN,
-    DEFAULT_HISTORY_SECONDS,
-    DEFAULT_MAX_MESSAGE_BYTES,
-    Publisher,
-)
+from .publisher import Publisher
 from .relay import Relay
+from .settings import DEFAULTS, redis_url
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from celery.result import AsyncResult
 
 logger = logging.getLogger("turbocast")
-
-#: Every setting the extension reads, with its default. ``TURBO_REDIS_URL``
-#: falls back to ``REDIS_URL``.
-DEFAULTS: dict[str, Any] = {
-    "TURBO_REDIS_URL": None,
-    "TURBO_WEBSOCKET_ROUTE": "/turbo-stream",
-    "TURBO_CHANNEL_PREFIX": "turbo",
-    "TURBO_OUTBOX_BYTES": DEFAULT_OUTBOX_BYTES,
-    "TURBO_REDIS_TIMEOUT": 5.0,
-    "TURBO_PING_INTERVAL": 25.0,
-    "TURBO_SEND_TIMEOUT": 30.0,
-    "TURBO_MAX_MESSAGE_BYTES": DEFAULT_MAX_MESSAGE_BYTES,
-    "TURBO_MAX_INCOMING_BYTES": 4096,
-    "TURBO_MAX_INCOMING_RATE": 50,
-    "TURBO_TRUSTED_PROXIES": 0,
-    "TURBO_REDIS_HEALTH_CHECK_INTERVAL": 15.0,
-    "TURBO_ALLOWED_ORIGINS": [],
-    "TURBO_MAX_SOCKETS_PER_SESSION": 16,
-    "TURBO_MAX_STREAMS_PER_SOCKET": 32,
-    "TURBO_HISTORY_MAXLEN": DEFAULT_HISTORY_MAXLEN,
-    "TURBO_HISTORY_SECONDS": DEFAULT_HISTORY_SECONDS,
-    "TURBO_TRANSPORT": "turbo",
-    "TURBO_SSE_ROUTE": "/turbo-stream/events",
-    "TURBO_SCRIPT_ROUTE": "/turbocast.js",
-}
 
 SCRIPT = Path(__file__).with_name("static") / "turbocast.js"
 
@@ -75,9 +49,11 @@ L = TypeVar("L", bound=UserLoader)
 class TurboState:
     """Per-app state, kept in ``app.extensions["turbo"]``."""
 
-    def __init__(self, app: Flask, turbo: Turbo) -> None:
+    def __init__(self, app: Flask, turbo: Turbo, celery: Celery | None = None) -> None:
         self.config = app.config
         self.turbo = turbo
+        #: The Celery app that ``*_later`` enqueues on; ``None``: ``app.extensions["celery"]``.
+        self.celery = celery
         self._lock = threading.Lock()
         self._publisher: Publisher | None = None
         self._relay: Relay | None = None
@@ -108,23 +84,14 @@ class TurboState:
 
     @property
     def redis_url(self) -> str:
-        url = self.config.get("TURBO_REDIS_URL") or self.config.get("REDIS_URL")
-        if not url:
-            raise TurboError("turbocast needs Redis: set REDIS_URL (or TURBO_REDIS_URL)")
-        return str(url)
+        return redis_url(self.config)
 
     @property
     def publisher(self) -> Publisher:
         with self._lock:
             if self._publisher is None:
-                self._publisher = Publisher(
-                    self.redis_url,
-                    timeout=float(self.config["TURBO_REDIS_TIMEOUT"]),
-                    prefix=self.config["TURBO_CHANNEL_PREFIX"],
-                    max_message_bytes=int(self.config["TURBO_MAX_MESSAGE_BYTES"]),
-                    history_maxlen=int(self.config["TURBO_HISTORY_MAXLEN"]),
-                    history_seconds=float(self.config["TURBO_HISTORY_SECONDS"]),
-                )
+                # The same call a worker makes: the two cannot disagree on a setting.
+                self._publisher = Publisher.from_config(self.config)
             return self._publisher
 
     def page_channels(self, sid: str, streams: list[str]) -> list[str]:
@@ -212,10 +179,14 @@ class Turbo:
     renders a stream source (or calls ``session_id()``): no other response gets a cookie.
 
     :param app: the app to set up now; or call :meth:`init_app` later.
+    :param celery: the Celery app that the ``*_later`` methods enqueue on, for every app
+        this extension sets up (``init_app`` can name another); without it, each app's
+        ``app.extensions["celery"]``.
     """
 
-    def __init__(self, app: Flask | None = None) -> None:
+    def __init__(self, app: Flask | None = None, celery: Celery | None = None) -> None:
         self._user_loader: UserLoader | None = None
+        self._celery = celery
         if app is not None:
             self.init_app(app)
 
@@ -239,16 +210,24 @@ class Turbo:
         """The current user's id from the registered loader (``None`` without one)."""
         return self._user_loader() if self._user_loader is not None else None
 
-    def init_app(self, app: Flask) -> None:
+    def init_app(self, app: Flask, celery: Celery | None = None) -> None:
         """Set up turbocast on an app.
 
         :param app: the Flask app.
+        :param celery: the Celery app that the ``*_later`` methods enqueue on (default: the
+            one given to ``Turbo()``); without either, ``app.extensions["celery"]``, looked
+            up at each call. Celery's default app is never used.
         """
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         from .endpoint import sse_endpoint, websocket_endpoint
 
-        app.extensions["turbo"] = TurboState(app, self)
+        celery = celery if celery is not None else self._celery
+        app.extensions["turbo"] = TurboState(app, self, celery)
+        if celery is not None or "celery" in app.extensions:
+            # Registers turbocast's task with every Celery app of this process, so a worker
+            # made by the app factory runs it with no include=["turbocast.tasks"].
+            from . import tasks  # noqa: F401
         app.add_url_rule(
             app.config["TURBO_WEBSOCKET_ROUTE"],
             endpoint=ENDPOINT,
@@ -300,6 +279,129 @@ class Turbo:
         :param streams: ``TurboStream`` objects, sent as one message.
         """
         return _state().publisher.to_all(*streams)
+
+    def to_session_later(
+        self,
+        session_id: str,
+        action: str,
+        target: str | None = None,
+        *,
+        template: str,
+        targets: str | None = None,
+        method: str | None = None,
+        **context: Any,
+    ) -> AsyncResult:
+        """Have a Celery worker render ``template`` and send it to one session; returns at once.
+
+        Checks everything in the caller, before anything is enqueued (see :mod:`turbocast.tasks`)::
+
+            turbo.to_session_later(session_id(), "prepend", "notifications",
+                                   template="notification.html", text="Saved")
+
+        :param session_id: the session to send to (``session_id()`` in a view).
+        :param action: the Turbo Stream action (append, replace, ...).
+        :param target: the target element's id (or ``targets=``).
+        :param template: the Jinja2 template that renders the content, in the worker.
+        :param targets: a CSS selector instead of ``target``.
+        :param method: ``"morph"`` for replace and update.
+        :param context: the template's variables (JSON values: ids, not objects).
+        :raises CeleryNotConfiguredError: no Celery app to enqueue on.
+        :raises InvalidChannelError: a malformed session id.
+        :raises InvalidStreamError: a bad action, target or method.
+        """
+        from .tasks import enqueue
+
+        def channel(prefix: str) -> str:
+            return channel_for(session_id, prefix)
+
+        return enqueue(channel, action, target, targets, method, template, context)
+
+    def to_user_later(
+        self,
+        user_id: str | int,
+        action: str,
+        target: str | None = None,
+        *,
+        template: str,
+        targets: str | None = None,
+        method: str | None = None,
+        **context: Any,
+    ) -> AsyncResult:
+        """Have a Celery worker render ``template`` and send it to every socket of one user.
+
+        :param user_id: the user's id, as the user loader returns it.
+        :param action: the Turbo Stream action.
+        :param target: the target element's id (or ``targets=``).
+        :param template: the Jinja2 template that renders the content, in the worker.
+        :param targets: a CSS selector instead of ``target``.
+        :param method: ``"morph"`` for replace and update.
+        :param context: the template's variables (JSON values).
+        :raises CeleryNotConfiguredError: no Celery app to enqueue on.
+        :raises InvalidChannelError: a user id that cannot name a channel.
+        :raises InvalidStreamError: a bad action, target or method.
+        """
+        from .tasks import enqueue
+
+        def channel(prefix: str) -> str:
+            return user_channel(user_id, prefix)
+
+        return enqueue(channel, action, target, targets, method, template, context)
+
+    def to_stream_later(
+        self,
+        name: str,
+        action: str,
+        target: str | None = None,
+        *,
+        template: str,
+        targets: str | None = None,
+        method: str | None = None,
+        **context: Any,
+    ) -> AsyncResult:
+        """Have a Celery worker render ``template`` and send it to every page of a named stream.
+
+        :param name: the stream's name, such as ``"board:42"``.
+        :param action: the Turbo Stream action.
+        :param target: the target element's id (or ``targets=``).
+        :param template: the Jinja2 template that renders the content, in the worker.
+        :param targets: a CSS selector instead of ``target``.
+        :param method: ``"morph"`` for replace and update.
+        :param context: the template's variables (JSON values).
+        :raises CeleryNotConfiguredError: no Celery app to enqueue on.
+        :raises InvalidChannelError: a name that cannot name a channel.
+        :raises InvalidStreamError: a bad action, target or method.
+        """
+        from .tasks import enqueue
+
+        def channel(prefix: str) -> str:
+            return stream_channel(name, prefix)
+
+        return enqueue(channel, action, target, targets, method, template, context)
+
+    def to_all_later(
+        self,
+        action: str,
+        target: str | None = None,
+        *,
+        template: str,
+        targets: str | None = None,
+        method: str | None = None,
+        **context: Any,
+    ) -> AsyncResult:
+        """Have a Celery worker render ``template`` and send it to every socket, everywhere.
+
+        :param action: the Turbo Stream action.
+        :param target: the target element's id (or ``targets=``).
+        :param template: the Jinja2 template that renders the content, in the worker.
+        :param targets: a CSS selector instead of ``target``.
+        :param method: ``"morph"`` for replace and update.
+        :param context: the template's variables (JSON values).
+        :raises CeleryNotConfiguredError: no Celery app to enqueue on.
+        :raises InvalidStreamError: a bad action, target or method.
+        """
+        from .tasks import enqueue
+
+        return enqueue(broadcast_channel, action, target, targets, method, template, context)
 
 
 def _script() -> BaseResponse:

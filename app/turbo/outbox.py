@@ -16,6 +16,8 @@ import struct
 import threading
 from typing import TYPE_CHECKING, NamedTuple
 
+from .settings import DEFAULTS
+
 if TYPE_CHECKING:
     from .message import Message
 
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 CLOSE_OUTBOX_OVERFLOW = 4001
 
 #: The default bound of an outbox: 1 MiB of messages waiting for one socket.
-DEFAULT_OUTBOX_BYTES = 1024 * 1024
+DEFAULT_OUTBOX_BYTES: int = DEFAULTS["TURBO_OUTBOX_BYTES"]
 
 
 def encode_text_frame(payload: bytes) -> bytes:

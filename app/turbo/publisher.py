@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -32,14 +33,15 @@ from .channels import (
 )
 from .errors import MessageTooLargeError, PublishError
 from .history import History
+from .settings import DEFAULTS, redis_url, setting
 from .streams import render_streams
 
 logger = logging.getLogger("turbocast.publisher")
 
-DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
-DEFAULT_HISTORY_MAXLEN = 1000
-DEFAULT_HISTORY_SECONDS = 3600.0
-DEFAULT_TIMEOUT = 5.0
+DEFAULT_MAX_MESSAGE_BYTES: int = DEFAULTS["TURBO_MAX_MESSAGE_BYTES"]
+DEFAULT_HISTORY_MAXLEN: int = DEFAULTS["TURBO_HISTORY_MAXLEN"]
+DEFAULT_HISTORY_SECONDS: float = DEFAULTS["TURBO_HISTORY_SECONDS"]
+DEFAULT_TIMEOUT: float = DEFAULTS["TURBO_REDIS_TIMEOUT"]
 
 # A retry looks for its first attempt's entry from this long before that attempt
 # began: ids come from Redis's clock, which may be a little behind this host's.
@@ -51,7 +53,7 @@ class Publisher:
 
     Example, from a Celery task that was handed a session id::
 
-        publisher = Publisher(os.environ["REDIS_URL"])
+        publisher = Publisher.from_config(flask_app.config)   # or Publisher(redis_url)
         publisher.to_session(session_id, TurboStream.append("messages", Markup(html)))
 
     :param redis_url: the Redis server; ignored when ``client`` is given.
@@ -95,6 +97,33 @@ class Publisher:
         self.prefix = prefix
         self.max_message_bytes = max_message_bytes
         self.history = History(client, history_maxlen, history_seconds, prefix=prefix)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Publisher:
+        """A publisher built from turbocast's settings, as the extension builds its own.
+
+        A worker or a script hands it the web app's config (or a plain dict of the same
+        keys), so both publish with the same Redis, prefix, size limit and history::
+
+            publisher = Publisher.from_config(flask_app.config)
+            publisher = Publisher.from_config({"REDIS_URL": os.environ["REDIS_URL"]})
+
+        Reads ``TURBO_REDIS_URL`` (else ``REDIS_URL``), ``TURBO_REDIS_TIMEOUT``,
+        ``TURBO_CHANNEL_PREFIX``, ``TURBO_MAX_MESSAGE_BYTES``, ``TURBO_HISTORY_MAXLEN`` and
+        ``TURBO_HISTORY_SECONDS``; a missing key takes its default from
+        :data:`turbocast.DEFAULTS`. Nothing connects until the first publish.
+
+        :param config: a Flask app's ``config``, or any mapping of settings.
+        :raises TurboError: when neither ``TURBO_REDIS_URL`` nor ``REDIS_URL`` is set.
+        """
+        return cls(
+            redis_url(config),
+            timeout=float(setting(config, "TURBO_REDIS_TIMEOUT")),
+            prefix=str(setting(config, "TURBO_CHANNEL_PREFIX")),
+            max_message_bytes=int(setting(config, "TURBO_MAX_MESSAGE_BYTES")),
+            history_maxlen=int(setting(config, "TURBO_HISTORY_MAXLEN")),
+            history_seconds=float(setting(config, "TURBO_HISTORY_SECONDS")),
+        )
 
     def to_session(self, session_id: str, *streams: Any) -> int:
         """Send streams to every socket of one browser session.

@@ -1,28 +1,56 @@
 """Streams that a Celery worker renders and sends: like turbo-rails' ``broadcast_*_later``.
 
-A view calls :func:`send_later` or :func:`broadcast_later` and returns at once;
-a worker renders the template (with the same Jinja2 templates the views use,
-inside the Flask app context that the worker's ``FlaskTask`` provides) and
-publishes the stream. The template context travels through the broker, so pass
-ids and plain values (JSON), not objects.
+A view calls ``turbo.to_session_later``, ``to_user_later``, ``to_stream_later`` or
+``to_all_later`` (:func:`send_later` and :func:`broadcast_later` are the first and the
+last) and returns at once; a worker renders the template (with the same Jinja2
+templates the views use, inside the Flask app context that the worker's ``FlaskTask``
+provides) and publishes the stream. The template context travels through the broker,
+so pass ids and plain values (JSON), not objects.
+
+Which Celery app: the one given to ``Turbo(app, celery=...)`` or
+``init_app(app, celery=...)``, else ``app.extensions["celery"]`` (Flask's Celery
+pattern keeps it there), looked up at each call. Never Celery's default or current
+app: in a web process that did not make its Celery app the default, that one sends
+to ``amqp://guest@localhost//`` and the view would answer 200 for a message nobody
+gets. With none, each call raises :class:`CeleryNotConfiguredError`; a bad id, name,
+action, target or method raises too; all in the view, before anything is enqueued.
+
+How it is enqueued, and run:
+
+- The web process sends by name, ``celery_app.send_task(TASK_NAME, ...)``: on that
+  app's broker, whether or not the task is registered there, and without finalizing
+  the app.
+- The worker must know the task. ``publish_template`` is a ``shared_task``: every
+  Celery app of a process that imported this module gets it. ``init_app`` imports this
+  module when it is handed a Celery app (or finds ``app.extensions["celery"]``), so a
+  worker whose Celery app comes from the Flask app factory has the task; a worker
+  whose Celery app reaches ``app.extensions`` only after ``init_app`` lists it:
+  ``include=["turbocast.tasks"]``.
 
 Celery is the extra ``turbocast[celery]``: without it this module still imports,
-and only :func:`send_later` and :func:`broadcast_later` fail, with the install hint.
+and only the ``*_later`` calls fail, with the install hint.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from flask import render_template
+from flask import current_app, render_template
 from markupsafe import Markup
 
 from .channels import broadcast_channel, channel_for
-from .errors import InvalidStreamError, MessageTooLargeError, PublishError
-from .extension import _state
+from .errors import (
+    CeleryNotConfiguredError,
+    InvalidStreamError,
+    MessageTooLargeError,
+    PublishError,
+)
+from .extension import TurboState, _state
 from .streams import TurboStream
 
 if TYPE_CHECKING:
+    from celery import Celery
     from celery.result import AsyncResult
 
 try:
@@ -32,7 +60,7 @@ except ModuleNotFoundError as error:
 else:
     _celery_missing = None
 
-#: The registered name of the task; workers must import this module (``include``).
+#: The registered name of the task that renders and publishes.
 TASK_NAME = "turbocast.publish_template"
 
 
@@ -75,7 +103,8 @@ def _publish_template(
 
 
 if _celery_missing is None:
-    #: The task itself; only with Celery installed.
+    #: The task itself; only with Celery installed. Never ``.delay()`` it: that sends on
+    #: Celery's current app. :func:`enqueue` sends on the app's own.
     publish_template = shared_task(
         name=TASK_NAME,
         autoretry_for=(PublishError,),
@@ -90,13 +119,33 @@ if _celery_missing is None:
 def _require_celery() -> None:
     if _celery_missing is not None:
         raise ModuleNotFoundError(
-            "send_later() and broadcast_later() need Celery: pip install 'turbocast[celery]'",
+            "send_later(), broadcast_later() and the *_later methods need Celery: "
+            "pip install 'turbocast[celery]'",
             name="celery",
         ) from _celery_missing
 
 
-def _enqueue(
-    channel: str,
+def celery_app_of(state: TurboState) -> Celery:
+    """The Celery app that ``*_later`` enqueues on for the current Flask app.
+
+    :param state: the current app's turbocast state.
+    :raises CeleryNotConfiguredError: neither ``celery=`` nor ``app.extensions["celery"]``.
+    """
+    celery_app = state.celery
+    if celery_app is None:
+        celery_app = current_app.extensions.get("celery")
+    if celery_app is None or not callable(getattr(celery_app, "send_task", None)):
+        raise CeleryNotConfiguredError(
+            f"no Celery app to enqueue on for Flask app {current_app.name!r}: pass yours, "
+            "Turbo(app, celery=celery_app) or turbo.init_app(app, celery=celery_app), or "
+            'keep it in app.extensions["celery"] (Flask\'s Celery pattern). turbocast never '
+            "uses Celery's default app."
+        )
+    return celery_app
+
+
+def enqueue(
+    channel_of: Callable[[str], str],
     action: str,
     target: str | None,
     targets: str | None,
@@ -104,11 +153,33 @@ def _enqueue(
     template: str,
     context: dict[str, Any],
 ) -> AsyncResult:
+    """Check a stream in the caller, then enqueue it for a worker to render and publish.
+
+    What every ``*_later`` call does; nothing is enqueued unless every check passes.
+
+    :param channel_of: builds the audience's channel from ``TURBO_CHANNEL_PREFIX``
+        (a function of :mod:`turbocast.channels`).
+    :param action: the Turbo Stream action.
+    :param target: the target element's id, or ``None`` with ``targets``.
+    :param targets: a CSS selector, or ``None``.
+    :param method: ``"morph"`` or ``None``.
+    :param template: the Jinja2 template that renders the content, in the worker.
+    :param context: the template's variables (JSON values).
+    :raises ModuleNotFoundError: Celery is not installed (``turbocast[celery]``).
+    :raises CeleryNotConfiguredError: no Celery app to enqueue on.
+    :raises InvalidChannelError: an id or a name that cannot name a channel.
+    :raises InvalidStreamError: a bad action, target or method.
+    """
+    _require_celery()
+    state = _state()
+    celery_app = celery_app_of(state)
+    channel = channel_of(str(state.config["TURBO_CHANNEL_PREFIX"]))
     if (target is None) == (targets is None):
         raise InvalidStreamError("pass exactly one of target and targets")
     # Refuse a bad action, target or method now, in the view, not later in a worker.
     _build(action, target, targets, method, Markup("")).render()
-    return publish_template.delay(channel, action, target, targets, method, template, context)
+    args = [channel, action, target, targets, method, template, context]
+    return celery_app.send_task(TASK_NAME, args=args)
 
 
 def send_later(
@@ -123,7 +194,7 @@ def send_later(
 ) -> AsyncResult:
     """Have a worker render ``template`` and send it to one session; returns at once.
 
-    Example, in a view::
+    The same as ``turbo.to_session_later(...)``. Example, in a view::
 
         send_later(session_id(), "prepend", "notifications",
                    template="notification.html", text="Saved")
@@ -135,13 +206,16 @@ def send_later(
     :param targets: a CSS selector instead of ``target``.
     :param method: ``"morph"`` for replace and update.
     :param context: the template's variables (JSON values: ids, not objects).
+    :raises CeleryNotConfiguredError: no Celery app to enqueue on.
     :raises InvalidChannelError: a malformed session id.
     :raises InvalidStreamError: a bad action, target or method.
     :raises ModuleNotFoundError: Celery is not installed (``turbocast[celery]``).
     """
-    _require_celery()
-    channel = channel_for(session_id, _state().config["TURBO_CHANNEL_PREFIX"])
-    return _enqueue(channel, action, target, targets, method, template, context)
+
+    def channel(prefix: str) -> str:
+        return channel_for(session_id, prefix)
+
+    return enqueue(channel, action, target, targets, method, template, context)
 
 
 def broadcast_later(
@@ -155,14 +229,16 @@ def broadcast_later(
 ) -> AsyncResult:
     """Have a worker render ``template`` and send it to every socket; returns at once.
 
+    The same as ``turbo.to_all_later(...)``.
+
     :param action: the Turbo Stream action.
     :param target: the target element's id (or ``targets=``).
     :param template: the Jinja2 template that renders the content.
     :param targets: a CSS selector instead of ``target``.
     :param method: ``"morph"`` for replace and update.
     :param context: the template's variables (JSON values).
+    :raises CeleryNotConfiguredError: no Celery app to enqueue on.
+    :raises InvalidStreamError: a bad action, target or method.
     :raises ModuleNotFoundError: Celery is not installed (``turbocast[celery]``).
     """
-    _require_celery()
-    channel = broadcast_channel(_state().config["TURBO_CHANNEL_PREFIX"])
-    return _enqueue(channel, action, target, targets, method, template, context)
+    return enqueue(broadcast_channel, action, target, targets, method, template, context)

@@ -136,6 +136,12 @@ def board(board_id: int) -> str:
     return render_template("demo/board.html", board_id=board_id, now=services.now_text())
 
 
+@bp.get("/boards/<int:board_id>/feed")
+def board_feed(board_id: int) -> str:
+    """A board's messages under the layout's stream source, with a second source of its own."""
+    return render_template("demo/board_feed.html", board_id=board_id, now=services.now_text())
+
+
 @bp.post("/boards/<int:board_id>/messages")
 def post_to_board(board_id: int) -> BaseResponse:
     text = request.form.get("text", "").strip()[:500]

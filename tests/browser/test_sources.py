@@ -68,8 +68,8 @@ def test_the_default_source_keeps_receiving_across_a_graceful_restart(
 
 
 def test_a_page_with_two_sources_applies_each_push_once(context, web, publisher):
-    # The board page: the layout's source, and the page's own for its board's stream.
-    tab = Tab(context, web.base_url).open("/boards/7")
+    # A board's feed: the layout's source, and the page's own for its board's stream.
+    tab = Tab(context, web.base_url).open("/boards/7/feed")
     sources = tab.page.locator("turbocast-stream-source")
     assert sources.count() == 2
     tab.wait_for(

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
         TurboError,
     )
     from .extension import Turbo
-    from .helpers import session_id, stream_url, turbo_stream_source
+    from .helpers import session_id, stream_url, turbo_scripts, turbo_stream_source
     from .message import SUBPROTOCOL
     from .outbox import CLOSE_OUTBOX_OVERFLOW
     from .publisher import Publisher
@@ -101,7 +101,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "TurboError",
     ),
     "extension": ("Turbo",),
-    "helpers": ("session_id", "stream_url", "turbo_stream_source"),
+    "helpers": ("session_id", "stream_url", "turbo_scripts", "turbo_stream_source"),
     "message": ("SUBPROTOCOL",),
     "outbox": ("CLOSE_OUTBOX_OVERFLOW",),
     "publisher": ("Publisher",),
@@ -149,6 +149,7 @@ __all__ = [
     "session_id",
     "stream_channel",
     "stream_url",
+    "turbo_scripts",
     "turbo_stream_source",
     "user_channel",
     "valid_session_id",

@@ -54,12 +54,13 @@ DEFAULTS: dict[str, Any] = {
     "TURBO_HISTORY_MAXLEN": 1000,
     # Seconds a message stays in its channel's history.
     "TURBO_HISTORY_SECONDS": 3600.0,
-    # What turbo_stream_source() renders: "turbo", "websocket" (reconnecting) or "sse".
-    "TURBO_TRANSPORT": "turbo",
+    # What turbo_stream_source() renders: "websocket" (turbocast's element, reconnects and
+    # resumes), "turbo" (Turbo's own element; does not reconnect) or "sse".
+    "TURBO_TRANSPORT": "websocket",
     # Path of the Server-Sent Events endpoint.
     "TURBO_SSE_ROUTE": "/turbo-stream/events",
-    # Path of the reconnecting element's script.
-    "TURBO_SCRIPT_ROUTE": "/turbocast.js",
+    # Path under which turbo_scripts() serves Turbo's and turbocast's JavaScript.
+    "TURBO_ASSETS_ROUTE": "/_turbocast",
 }
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import ast
 import email
 import importlib
+import json
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import zipfile
@@ -88,24 +90,34 @@ def test_the_core_imports_neither_the_demo_nor_the_workers():
 CORE_DEPENDENCIES = {"flask", "redis", "markupsafe", "itsdangerous", "wsproto"}
 
 
+def _copy(tmp: Path, *, node_modules: bool = True) -> Path:
+    # A copy: setuptools keeps build/ between runs, and a stale build/lib ends up in wheels.
+    # Links stay links: static/turbo.js leads into the copy's node_modules.
+    anywhere = shutil.ignore_patterns(".*", "*.egg-info", "__pycache__")
+    at_the_top = {"build", "dist"} | (set() if node_modules else {"node_modules"})
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        # Not node_modules/@hotwired/turbo/dist: that is Turbo.
+        top = at_the_top & set(names) if Path(directory) == ROOT else set()
+        return set(anywhere(directory, names)) | top
+
+    return shutil.copytree(ROOT, tmp / "source", symlinks=True, ignore=ignore)
+
+
+def _build(source: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    # No isolation: the test extra installs the build backend, so no index is needed.
+    command = [sys.executable, "-m", "build", *options, "--no-isolation", "--outdir", "dist"]
+    return subprocess.run(
+        [*command, str(source)], cwd=source.parent, capture_output=True, text=True, timeout=120
+    )
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[zipfile.ZipFile]:
-    """The wheel ``python -m build`` makes of a clean copy of this checkout (a second or two)."""
+    """The wheel that ``python -m build`` builds from the sdist it makes of a clean copy of
+    this checkout, as an installer building from PyPI's sdist would (a few seconds)."""
     tmp = tmp_path_factory.mktemp("wheel")
-    # A copy: setuptools keeps build/ between runs, and a stale build/lib ends up in wheels.
-    source = shutil.copytree(
-        ROOT,
-        tmp / "source",
-        symlinks=True,
-        ignore=shutil.ignore_patterns(
-            ".*", "node_modules", "build", "dist", "*.egg-info", "__pycache__"
-        ),
-    )
-    # No isolation: the test extra installs the build backend, so no index is needed.
-    command = [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", "dist"]
-    result = subprocess.run(
-        [*command, str(source)], cwd=tmp, capture_output=True, text=True, timeout=120
-    )
+    result = _build(_copy(tmp))
     assert result.returncode == 0, result.stdout + result.stderr
     (path,) = (tmp / "dist").glob("turbocast-*.whl")
     with zipfile.ZipFile(path) as archive:
@@ -120,6 +132,17 @@ def test_the_wheel_holds_turbocast_and_nothing_else(wheel):
     assert modules == {f"turbocast/{path.name}" for path in CORE.glob("*.py")}
     assert "turbocast/py.typed" in names
     assert "turbocast/static/turbocast.js" in names
+    assert "turbocast/static/turbo.js" in names
+
+
+def test_the_wheel_ships_the_build_of_turbo_pinned_in_package_lock(wheel):
+    lock = json.loads((ROOT / "package-lock.json").read_text())
+    version = lock["packages"]["node_modules/@hotwired/turbo"]["version"]
+    info = wheel.getinfo("turbocast/static/turbo.js")
+    assert stat.S_ISREG(info.external_attr >> 16), "a link, not the file"
+    shipped = wheel.read(info)
+    assert shipped.startswith(f"/*!\nTurbo {version}\n".encode()), shipped[:40]
+    assert b"StreamActions" in shipped and len(shipped) > 100_000
 
 
 def test_the_wheel_requires_only_what_the_core_imports(wheel):

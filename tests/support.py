@@ -61,6 +61,14 @@ def numsub(redis_client: Any, channel: str) -> int:
     return int(redis_client.pubsub_numsub(channel)[0][1])
 
 
+@dataclass(frozen=True)
+class Distributions:
+    """What ``python -m build`` made of this checkout: the sdist, and the wheel built from it."""
+
+    sdist: Path
+    wheel: Path
+
+
 class ManagedProcess:
     """A child process of the test run with its output in a log file."""
 

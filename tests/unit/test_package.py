@@ -6,9 +6,8 @@ import ast
 import email
 import importlib
 import re
-import shutil
-import subprocess
 import sys
+import tarfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import turbocast
-from tests.support import ROOT
+from tests.support import ROOT, Distributions
 
 CORE = ROOT / "app" / "turbo"
 
@@ -89,26 +88,9 @@ CORE_DEPENDENCIES = {"flask", "redis", "markupsafe", "itsdangerous", "wsproto"}
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[zipfile.ZipFile]:
-    """The wheel ``python -m build`` makes of a clean copy of this checkout (a second or two)."""
-    tmp = tmp_path_factory.mktemp("wheel")
-    # A copy: setuptools keeps build/ between runs, and a stale build/lib ends up in wheels.
-    source = shutil.copytree(
-        ROOT,
-        tmp / "source",
-        symlinks=True,
-        ignore=shutil.ignore_patterns(
-            ".*", "node_modules", "build", "dist", "*.egg-info", "__pycache__"
-        ),
-    )
-    # No isolation: the test extra installs the build backend, so no index is needed.
-    command = [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", "dist"]
-    result = subprocess.run(
-        [*command, str(source)], cwd=tmp, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    (path,) = (tmp / "dist").glob("turbocast-*.whl")
-    with zipfile.ZipFile(path) as archive:
+def wheel(distributions: Distributions) -> Iterator[zipfile.ZipFile]:
+    """The wheel, built from the sdist of a clean copy of this checkout."""
+    with zipfile.ZipFile(distributions.wheel) as archive:
         yield archive
 
 
@@ -120,6 +102,16 @@ def test_the_wheel_holds_turbocast_and_nothing_else(wheel):
     assert modules == {f"turbocast/{path.name}" for path in CORE.glob("*.py")}
     assert "turbocast/py.typed" in names
     assert "turbocast/static/turbocast.js" in names
+    static = {name for name in names if name.startswith("turbocast/static/")}
+    assert static == {f"turbocast/static/{path.name}" for path in (CORE / "static").iterdir()}
+
+
+def test_the_sdist_holds_the_core_and_builds_that_wheel(distributions):
+    # The wheel above was built from this sdist, so it holds everything the wheel needs.
+    with tarfile.open(distributions.sdist) as sdist:
+        names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    assert {"PKG-INFO", "pyproject.toml", "app/turbo/__init__.py", "app/turbo/py.typed"} <= names
+    assert "app/turbo/static/turbocast.js" in names
 
 
 def test_the_wheel_requires_only_what_the_core_imports(wheel):

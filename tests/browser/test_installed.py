@@ -161,11 +161,14 @@ def test_the_users_app_gets_pushes_from_its_worker_and_its_beat(
         page.goto(web.base_url + "/")
         # Beat's tick reaches every page: the socket is up and Turbo applies what it gets.
         page.wait_for_selector("#tick .tick:has-text('Pushed by beat')")
-        # The button's view enqueues a task; the worker pushes to this session only.
+        # The button's view enqueues the shop's task; the worker pushes to this session.
         page.click("#notify")
         page.wait_for_selector("#status:has-text('Queued')")
         page.wait_for_selector("#notices .notice:has-text('Pushed by a Celery task')")
-        assert page.locator("#notices .notice").count() == 1
+        # to_session_later: turbocast's own task renders the shop's template in the worker.
+        page.click("#notify-later")
+        page.wait_for_selector("#notices .notice:has-text('Pushed by turbocast')")
+        assert page.locator("#notices .notice").count() == 2
     except BaseException:
         for process in (web, worker, beat):
             print(f"--- {process.log_path}\n{process.log()[-5000:]}")

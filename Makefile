@@ -14,7 +14,8 @@ TEST_DEBS := chromium=chromium docker-compose=docker-compose nginx=nginx
 
 .PHONY: run test install assets system-deps lint bench clean
 
-install: $(STAMP) $(NODE_STAMP)
+# Turbo first: the app serves (and a wheel ships) static/turbo.js, a link into node_modules.
+install: $(NODE_STAMP) $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

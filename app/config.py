@@ -40,12 +40,14 @@ as strings otherwise. ``create_app(test_config)`` overrides both.
 ``TURBO_MAX_STREAMS_PER_SOCKET``   Named streams one socket may ask for (32).
 ``TURBO_HISTORY_MAXLEN``       Messages each channel's history keeps, for replay (1000).
 ``TURBO_HISTORY_SECONDS``      How long a message stays in the history (3600).
-``TURBO_TRANSPORT``            What ``turbo_stream_source()`` renders: ``turbo`` (Turbo's
-                               element, WebSocket), ``websocket`` (reconnecting element),
-                               ``sse`` (Server-Sent Events). The demo uses ``websocket``.
+``TURBO_TRANSPORT``            What ``turbo_stream_source()`` renders: ``websocket`` (the
+                               reconnecting element), ``turbo`` (Turbo's element on a
+                               WebSocket; does not reconnect), ``sse`` (Server-Sent Events)
+                               (``websocket``).
 ``TURBO_SSE_ROUTE``            Path of the Server-Sent Events endpoint
                                (``/turbo-stream/events``).
-``TURBO_SCRIPT_ROUTE``         Path of the reconnecting element's script (``/turbocast.js``).
+``TURBO_ASSETS_ROUTE``         Path under which Turbo's and turbocast's JavaScript are served
+                               (``/_turbocast``).
 =============================  ===========================================================
 """
 
@@ -75,8 +77,6 @@ DEFAULTS: dict[str, Any] = {
     "SESSION_COOKIE_SAMESITE": "Lax",
     "SESSION_COOKIE_HTTPONLY": True,
     **TURBO_DEFAULTS,
-    # The demo's pages reconnect and resume (the library's default is Turbo's own element).
-    "TURBO_TRANSPORT": "websocket",
 }
 
 

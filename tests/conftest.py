@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +10,7 @@ import pytest
 import redis
 
 from app.embedded_redis import EmbeddedRedis
-from tests.support import ROOT, Certificates, Distributions
+from tests.support import Certificates, Distributions, build, copy_checkout
 from turbocast import Publisher
 
 
@@ -66,23 +63,9 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 @pytest.fixture(scope="session")
 def distributions(tmp_path_factory: pytest.TempPathFactory) -> Distributions:
     """Build the sdist, then the wheel from it, as a release would (a few seconds)."""
-    tmp = tmp_path_factory.mktemp("dist")
-    # A copy: setuptools keeps build/ between runs, and a stale build/lib ends up in wheels.
-    # Links are copied as the files they lead to (static/turbo.js leads into node_modules).
-    source = shutil.copytree(
-        ROOT,
-        tmp / "source",
-        symlinks=False,
-        ignore=shutil.ignore_patterns(
-            ".*", "node_modules", "build", "dist", "*.egg-info", "__pycache__"
-        ),
-    )
-    # No isolation: the test extra installs the build backend, so no index is needed.
-    command = [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(tmp / "dist")]
-    result = subprocess.run(
-        [*command, str(source)], cwd=tmp, capture_output=True, text=True, timeout=180
-    )
+    source = copy_checkout(tmp_path_factory.mktemp("dist"))
+    result = build(source)
     assert result.returncode == 0, result.stdout + result.stderr
-    (sdist,) = (tmp / "dist").glob("turbocast-*.tar.gz")
-    (wheel,) = (tmp / "dist").glob("turbocast-*.whl")
+    (sdist,) = (source.parent / "dist").glob("turbocast-*.tar.gz")
+    (wheel,) = (source.parent / "dist").glob("turbocast-*.whl")
     return Distributions(sdist, wheel)

@@ -8,6 +8,7 @@ import html
 import http.client
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -59,6 +60,34 @@ def wait_for(
 def numsub(redis_client: Any, channel: str) -> int:
     """How many connections are subscribed to ``channel``."""
     return int(redis_client.pubsub_numsub(channel)[0][1])
+
+
+def copy_checkout(tmp: Path, *, node_modules: bool = True) -> Path:
+    """Copy this checkout to ``tmp/source`` for a build, without what a build leaves behind.
+
+    setuptools keeps build/ between runs, and a stale build/lib ends up in wheels. Links
+    stay links: static/turbo.js leads into the copy's node_modules.
+    """
+    anywhere = shutil.ignore_patterns(".*", "*.egg-info", "__pycache__")
+    at_the_top = {"build", "dist"} | (set() if node_modules else {"node_modules"})
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        # Not node_modules/@hotwired/turbo/dist: that is Turbo.
+        top = at_the_top & set(names) if Path(directory) == ROOT else set()
+        return set(anywhere(directory, names)) | top
+
+    return Path(shutil.copytree(ROOT, tmp / "source", symlinks=True, ignore=ignore))
+
+
+def build(source: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """``python -m build`` the project at ``source`` into ``source.parent / "dist"``.
+
+    No isolation: the test extra installs the build backend, so no index is needed.
+    """
+    command = [sys.executable, "-m", "build", *options, "--no-isolation", "--outdir", "dist"]
+    return subprocess.run(
+        [*command, str(source)], cwd=source.parent, capture_output=True, text=True, timeout=180
+    )
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from pathlib import Path
 
 import redis
 from flask import (
@@ -14,7 +13,6 @@ from flask import (
     redirect,
     render_template,
     request,
-    send_file,
     session,
     url_for,
 )
@@ -33,9 +31,6 @@ from turbocast import (
 )
 
 logger = logging.getLogger(__name__)
-
-ROOT = Path(__file__).resolve().parents[2]
-TURBO_JS = ROOT / "node_modules" / "@hotwired" / "turbo" / "dist" / "turbo.es2017-esm.js"
 
 
 def _streams_or_redirect(*streams: TurboStream) -> BaseResponse:
@@ -151,15 +146,6 @@ def post_to_board(board_id: int) -> BaseResponse:
         TurboStream.append("board-messages", services.board_message_html(text, current_user_id())),
     )
     return _streams_or_redirect()
-
-
-@bp.get("/vendor/turbo.js")
-def turbo_js() -> BaseResponse:
-    """Turbo's JavaScript, from the @hotwired/turbo npm package pinned in package.json."""
-    if not TURBO_JS.is_file():
-        logger.error("Turbo's JavaScript is missing at %s: run `npm ci`", TURBO_JS)
-        abort(404)
-    return send_file(TURBO_JS, mimetype="text/javascript", max_age=3600)
 
 
 @bp.get("/healthz")

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
         TurboError,
     )
     from .extension import DEFAULTS, Turbo
-    from .helpers import session_id, stream_url, turbo_stream_source
+    from .helpers import session_id, stream_url, turbo_scripts, turbo_stream_source
     from .message import SUBPROTOCOL
     from .outbox import CLOSE_OUTBOX_OVERFLOW
     from .publisher import Publisher
@@ -98,7 +98,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "TurboError",
     ),
     "extension": ("DEFAULTS", "Turbo"),
-    "helpers": ("session_id", "stream_url", "turbo_stream_source"),
+    "helpers": ("session_id", "stream_url", "turbo_scripts", "turbo_stream_source"),
     "message": ("SUBPROTOCOL",),
     "outbox": ("CLOSE_OUTBOX_OVERFLOW",),
     "publisher": ("Publisher",),
@@ -144,6 +144,7 @@ __all__ = [
     "session_id",
     "stream_channel",
     "stream_url",
+    "turbo_scripts",
     "turbo_stream_source",
     "user_channel",
     "valid_session_id",

@@ -2,7 +2,9 @@
 
 1. **Admit**: origin, signed session cookie, signed stream names, user, the
    positions the page brings, the per-session cap. A refusal answers with an
-   HTTP status and logs a line.
+   HTTP status and logs a line. The channels: the session's, everyone's, the
+   user's and the named streams'; or, for a page's second stream source
+   (``only=streams``), its named streams alone.
 2. **Subscribe, confirmed by Redis**: the relay registers the socket's outbox
    and says when Redis has confirmed every channel (``TURBO_REDIS_TIMEOUT``,
    else 503). From then on everything published reaches the outbox.
@@ -34,7 +36,7 @@ from .channels import history_key, label_for, valid_session_id
 from .connection import CLOSE_INTERNAL_ERROR, WebSocket
 from .errors import HandshakeError, InvalidChannelError, TurboError
 from .extension import TurboState, _state
-from .helpers import SESSION_KEY, normalize_origin, site_origin
+from .helpers import SESSION_KEY, STREAMS_ONLY, normalize_origin, site_origin
 from .message import REFRESH_HTML, Cursor, Message
 from .outbox import Outbox
 from .relay import Subscription
@@ -109,8 +111,12 @@ def _channels(state: TurboState, sid: str) -> list[str] | Response:
         names = [signer.unsign(token) for token in tokens]
     except InvalidChannelError:
         return _refuse(STATUS_BAD_STREAM, "invalid stream signature")
+    key, value = STREAMS_ONLY
+    shared = request.args.get(key) != value
+    if not shared and not names:
+        return _refuse(STATUS_BAD_STREAM, "only=streams without a stream")
     try:
-        return state.page_channels(sid, names)
+        return state.page_channels(sid, names, shared=shared)
     except InvalidChannelError:
         logger.exception("the user loader returned an unusable id")
         return _refuse(STATUS_NO_SESSION, "invalid user id")

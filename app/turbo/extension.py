@@ -7,13 +7,12 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
-from flask import Flask, current_app, send_file
-from werkzeug.wrappers import Response as BaseResponse
+from flask import Flask, current_app
 
+from .assets import ASSET_NAMES, ASSETS_ENDPOINT, serve_asset
 from .channels import (
     broadcast_channel,
     channel_for,
@@ -24,10 +23,11 @@ from .channels import (
 )
 from .errors import TurboError
 from .helpers import (
+    DEFAULT_TRANSPORT,
     ENDPOINT,
-    SCRIPT_ENDPOINT,
     SSE_ENDPOINT,
     stream_url,
+    turbo_scripts,
     turbo_stream_source,
 )
 from .outbox import DEFAULT_OUTBOX_BYTES
@@ -61,12 +61,10 @@ DEFAULTS: dict[str, Any] = {
     "TURBO_MAX_STREAMS_PER_SOCKET": 32,
     "TURBO_HISTORY_MAXLEN": DEFAULT_HISTORY_MAXLEN,
     "TURBO_HISTORY_SECONDS": DEFAULT_HISTORY_SECONDS,
-    "TURBO_TRANSPORT": "turbo",
+    "TURBO_TRANSPORT": DEFAULT_TRANSPORT,
     "TURBO_SSE_ROUTE": "/turbo-stream/events",
-    "TURBO_SCRIPT_ROUTE": "/turbocast.js",
+    "TURBO_ASSETS_ROUTE": "/_turbocast",
 }
-
-SCRIPT = Path(__file__).with_name("static") / "turbocast.js"
 
 UserLoader = Callable[[], "str | int | None"]
 L = TypeVar("L", bound=UserLoader)
@@ -127,19 +125,20 @@ class TurboState:
                 )
             return self._publisher
 
-    def page_channels(self, sid: str, streams: list[str]) -> list[str]:
+    def page_channels(self, sid: str, streams: list[str], *, shared: bool = True) -> list[str]:
         """The channels a page of this session listens to: its session, everyone, its named
         streams, and its user's channel when the user loader names one.
 
         :param sid: the session's id.
         :param streams: the names of the page's streams (already verified).
+        :param shared: ``False`` for the named streams only (a page's second source).
         :raises InvalidChannelError: a malformed id or name, or a user id the loader
             returned that cannot name a channel.
         """
         prefix = self.config["TURBO_CHANNEL_PREFIX"]
-        channels = [channel_for(sid, prefix), broadcast_channel(prefix)]
+        channels = [channel_for(sid, prefix), broadcast_channel(prefix)] if shared else []
         channels += [stream_channel(name, prefix) for name in streams]
-        user_id = self.turbo.load_user_id()
+        user_id = self.turbo.load_user_id() if shared else None
         if user_id is not None:
             channels.append(user_channel(user_id, prefix))
         return channels
@@ -207,9 +206,11 @@ class Turbo:
     """The turbocast Flask extension.
 
     ``Turbo(app)`` or ``turbo.init_app(app)`` registers the WebSocket endpoint
-    (``TURBO_WEBSOCKET_ROUTE``, ``/turbo-stream`` by default), the template
-    helper ``turbo_stream_source()``, and a session id for each browser session that
-    renders a stream source (or calls ``session_id()``): no other response gets a cookie.
+    (``TURBO_WEBSOCKET_ROUTE``, ``/turbo-stream`` by default), the route of Turbo's
+    and turbocast's JavaScript (``TURBO_ASSETS_ROUTE``), the template helpers
+    ``turbo_scripts()`` and ``turbo_stream_source()``, and a session id for each
+    browser session that renders a stream source (or calls ``session_id()``): no
+    other response gets a cookie.
 
     :param app: the app to set up now; or call :meth:`init_app` later.
     """
@@ -259,8 +260,11 @@ class Turbo:
             app.config["TURBO_SSE_ROUTE"], endpoint=SSE_ENDPOINT, view_func=sse_endpoint
         )
         app.add_url_rule(
-            app.config["TURBO_SCRIPT_ROUTE"], endpoint=SCRIPT_ENDPOINT, view_func=_script
+            app.config["TURBO_ASSETS_ROUTE"].rstrip("/") + f"/<any({ASSET_NAMES}):name>",
+            endpoint=ASSETS_ENDPOINT,
+            view_func=serve_asset,
         )
+        app.add_template_global(turbo_scripts)
         app.context_processor(
             lambda: {"turbo_stream_source": turbo_stream_source, "turbo_stream_url": stream_url}
         )
@@ -300,8 +304,3 @@ class Turbo:
         :param streams: ``TurboStream`` objects, sent as one message.
         """
         return _state().publisher.to_all(*streams)
-
-
-def _script() -> BaseResponse:
-    # The reconnecting <turbocast-stream-source> element (transport="websocket").
-    return send_file(SCRIPT, mimetype="text/javascript", max_age=3600)

@@ -7,9 +7,10 @@ import secrets
 from collections.abc import Iterable
 from urllib.parse import urlencode, urlsplit
 
-from flask import current_app, request, session, url_for
+from flask import current_app, g, request, session, url_for
 from markupsafe import Markup, escape
 
+from .assets import script_tag
 from .channels import valid_session_id
 from .errors import TurboError
 from .signing import StreamSigner
@@ -20,10 +21,12 @@ SESSION_KEY = "turbo_sid"
 ENDPOINT = "turbo_stream"
 #: The endpoint name of the Server-Sent Events route.
 SSE_ENDPOINT = "turbo_stream_events"
-#: The endpoint name of the reconnecting element's script.
-SCRIPT_ENDPOINT = "turbo_script"
 #: How a page receives its streams; see :func:`turbo_stream_source`.
 TRANSPORTS = ("turbo", "websocket", "sse")
+#: The default of ``TURBO_TRANSPORT``: the element that reconnects and resumes.
+DEFAULT_TRANSPORT = "websocket"
+#: The query flag of a stream source that listens to its named streams only.
+STREAMS_ONLY = ("only", "streams")
 
 _HOST_RE = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 _ATTR_RE = re.compile(r"[a-zA-Z_:][-a-zA-Z0-9_:.]*")
@@ -92,8 +95,9 @@ def stream_url(
     path: str | None = None,
     streams: Iterable[str] = (),
     *,
-    transport: str = "turbo",
+    transport: str = DEFAULT_TRANSPORT,
     positions: bool = True,
+    streams_only: bool = False,
 ) -> str:
     """Return the absolute URL a page's stream source connects to.
 
@@ -107,6 +111,8 @@ def stream_url(
     :param transport: ``"turbo"``, ``"websocket"`` or ``"sse"``.
     :param positions: carry each channel's current history position (``since=``),
         so that what is published between this render and the connect is replayed.
+    :param streams_only: listen to the named streams only, not to the session's,
+        everyone's and the user's channels (``only=streams``).
     """
     if transport not in TRANSPORTS:
         raise TurboError(f"unknown transport {transport!r}: use one of {', '.join(TRANSPORTS)}")
@@ -125,16 +131,36 @@ def stream_url(
     else:
         url_scheme = "wss" if secure else "ws"
     names = [streams] if isinstance(streams, str) else list(streams)
-    query = []
+    query = [STREAMS_ONLY] if streams_only else []
     if names:
         signer = StreamSigner(current_app.secret_key or "")
         query += [("streams", signer.sign(name)) for name in names]
     if positions:
         state = current_app.extensions["turbo"]
-        channels = state.page_channels(session_id(), names)
+        channels = state.page_channels(session_id(), names, shared=not streams_only)
         query += [("since", f"{label}~{pos}") for label, pos in state.positions(channels)]
     url = f"{url_scheme}://{host}{path}"
     return f"{url}?{urlencode(query)}" if query else url
+
+
+def turbo_scripts(turbo: bool = True) -> Markup:
+    """Render the script tags of the JavaScript a turbocast page runs, for its ``<head>``.
+
+    ``{{ turbo_scripts() }}``: Turbo itself (the build of ``@hotwired/turbo`` that
+    turbocast ships), and, with the ``"websocket"`` transport (``TURBO_TRANSPORT``, the
+    default), the reconnecting element. Module scripts, at cache-busting URLs under
+    ``TURBO_ASSETS_ROUTE``.
+
+    :param turbo: ``False`` for an app that bundles Turbo itself.
+    """
+    names = ["turbo.js"] if turbo else []
+    if current_app.config.get("TURBO_TRANSPORT", DEFAULT_TRANSPORT) == "websocket":
+        names.append("turbocast.js")
+    return Markup("").join(script_tag(name) for name in names)
+
+
+#: Where a request keeps the names of the streams its stream sources listen to.
+_RENDERED = "turbocast_streams"
 
 
 def turbo_stream_source(
@@ -150,35 +176,48 @@ def turbo_stream_source(
     ``{{ turbo_stream_source(streams=["board:" ~ board.id]) }}``. Rendering it also
     makes sure the session has an id, so the socket's handshake carries one.
 
-    Transports (``TURBO_TRANSPORT`` sets the default):
+    A page may render it more than once, say once in its layout and once for a named
+    stream of its own: the first in a request listens to the session, everyone, the
+    user and its named streams; each later one only to the named streams that no
+    earlier one named (and renders nothing when there are none), so no message
+    reaches the page twice.
 
-    - ``"turbo"``: Turbo's own ``<turbo-stream-source>`` on a WebSocket. No custom
-      JavaScript; it does not reconnect.
-    - ``"websocket"``: ``<turbocast-stream-source>``, a small element served at
-      ``TURBO_SCRIPT_ROUTE`` that hands messages to Turbo, reconnects with backoff
-      and resumes from the last message it applied.
+    Transports (``TURBO_TRANSPORT`` sets the default, ``"websocket"``):
+
+    - ``"websocket"``: ``<turbocast-stream-source>``, a small element (its module
+      script comes along) that hands messages to Turbo, reconnects with backoff and
+      resumes from the last message it applied.
+    - ``"turbo"``: Turbo's own ``<turbo-stream-source>`` on a WebSocket. No script of
+      turbocast's; it does not reconnect: after a deploy or a dropped connection the
+      page receives nothing until it is loaded again.
     - ``"sse"``: Turbo's own ``<turbo-stream-source>`` on Server-Sent Events, for
       networks that block WebSockets; ``EventSource`` reconnects and resumes by itself.
 
     :param path: the endpoint's path; by default the registered route.
     :param streams: names of streams this page listens to, signed into the URL.
-    :param transport: ``"turbo"``, ``"websocket"`` or ``"sse"``.
+    :param transport: ``"websocket"``, ``"turbo"`` or ``"sse"``.
     :param attributes: extra attributes (``id``, ``data_*``; ``_`` becomes ``-``).
     """
     session_id()
-    transport = transport or str(current_app.config.get("TURBO_TRANSPORT", "turbo"))
+    transport = transport or str(current_app.config.get("TURBO_TRANSPORT", DEFAULT_TRANSPORT))
     extra = []
     for name, value in attributes.items():
         name = name.replace("_", "-")
         if not _ATTR_RE.fullmatch(name) or name == "src":
             raise TurboError(f"bad attribute for the stream source: {name!r}")
         extra.append(f' {name}="{escape(value)}"')
-    src = escape(stream_url(path, streams, transport=transport))
+    names = list(dict.fromkeys([streams] if isinstance(streams, str) else streams))
+    rendered: set[str] | None = g.get(_RENDERED)
+    if rendered is not None:
+        names = [name for name in names if name not in rendered]
+        if not names:
+            return Markup("")
+    src = escape(stream_url(path, names, transport=transport, streams_only=rendered is not None))
+    setattr(g, _RENDERED, (rendered or set()) | set(names))
     attrs = f'src="{src}"{"".join(extra)}'
     if transport == "websocket":
-        script = escape(url_for(SCRIPT_ENDPOINT))
         html = (
-            f'<script type="module" src="{script}"></script>'
+            f"{script_tag('turbocast.js')}"
             f"<turbocast-stream-source {attrs}></turbocast-stream-source>"
         )
     else:

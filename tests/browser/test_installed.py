@@ -26,6 +26,7 @@ from tests.support import (
     Distributions,
     Runtime,
     WebServer,
+    build,
 )
 
 SHOP = ROOT / "tests" / "installed_app"
@@ -93,10 +94,7 @@ def shop_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The user's project built into a wheel (from a copy, so nothing is written here)."""
     tmp = tmp_path_factory.mktemp("shop")
     source = shutil.copytree(SHOP, tmp / "source", ignore=shutil.ignore_patterns("__pycache__"))
-    command = [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", "dist"]
-    result = subprocess.run(
-        [*command, str(source)], cwd=tmp, capture_output=True, text=True, timeout=120
-    )
+    result = build(source, "--wheel")
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = (tmp / "dist").glob("shop-*.whl")
     return wheel

@@ -1,13 +1,19 @@
-"""turbocast.endpoint: the ``since`` positions a client brings back, and SSE events."""
+"""turbocast.endpoint: the channels a client is admitted to, the ``since`` positions it
+brings back, and SSE events."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
+from flask import Response, request, session
 
-from turbocast.endpoint import _sse_event, parse_positions
+from app import create_app
+from turbocast import STATUS_BAD_STREAM
+from turbocast.endpoint import Admission, _admit, _sse_event, parse_positions
+from turbocast.helpers import SESSION_KEY
 from turbocast.message import Message
+from turbocast.signing import StreamSigner
 
 
 def test_parse_positions_reads_one_label_and_id_per_value():
@@ -112,3 +118,46 @@ def test_sse_event_keeps_html_with_a_lone_carriage_return_intact():
     event = _sse_event(Message(b"turbo:broadcast", "b", "1-0", html.encode()), {})
 
     assert _parse_event(event)[1] in (html, "<p>a\nb</p>")
+
+
+# -- the channels of an admitted socket ------------------------------------------------------
+
+SID = "a" * 32
+
+
+def _admit_with(query: list[tuple[str, str]]) -> Admission | Response:
+    app = create_app({"SECRET_KEY": "x", "REDIS_URL": "redis://127.0.0.1:1/0", "TESTING": True})
+    environ = {"wsgi.multithread": True}
+    with app.test_request_context("/turbo-stream", query_string=query, environ_overrides=environ):
+        session[SESSION_KEY] = SID
+        return _admit(app.extensions["turbo"], request.args.getlist("since"))
+
+
+def _signed(name: str) -> tuple[str, str]:
+    return ("streams", StreamSigner("x").sign(name))
+
+
+def test_a_socket_listens_to_its_session_everyone_and_its_named_streams():
+    admission = _admit_with([_signed("board:1"), ("since", "t:board:1~5-0")])
+
+    assert isinstance(admission, Admission)
+    assert admission.channels == [
+        f"turbo:session:{SID}",
+        "turbo:broadcast",
+        "turbo:stream:board:1",
+    ]
+
+
+def test_a_second_source_of_a_page_listens_to_its_named_streams_alone():
+    admission = _admit_with([("only", "streams"), _signed("board:1"), ("since", "t:board:1~5-0")])
+
+    assert isinstance(admission, Admission)
+    assert admission.channels == ["turbo:stream:board:1"]
+    assert admission.since == {"t:board:1": "5-0"}
+
+
+def test_a_streams_only_source_without_a_stream_is_refused():
+    refusal = _admit_with([("only", "streams")])
+
+    assert isinstance(refusal, Response)
+    assert refusal.status_code == STATUS_BAD_STREAM

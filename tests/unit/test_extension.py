@@ -16,7 +16,7 @@ from turbocast.extension import DEFAULTS, TurboState
 from turbocast.helpers import SESSION_KEY
 from turbocast.publisher import Publisher
 
-# The demo's config picks its own default transport: these tests name theirs.
+# Turbo's own element (not the default): the handshake tests read its plain URL.
 CONFIG = {
     "SECRET_KEY": "x",
     "REDIS_URL": "redis://127.0.0.1:1/0",
@@ -146,29 +146,6 @@ def test_stream_endpoint_follows_turbo_websocket_route():
     assert client.get("/turbo-stream").status_code == 404
 
 
-def test_script_route_serves_the_reconnecting_element_as_javascript(app):
-    client = app.test_client()
-
-    response = client.get("/turbocast.js")
-
-    assert response.status_code == 200
-    assert response.mimetype == "text/javascript"
-    assert b"turbocast-stream-source" in response.data
-    assert client.get_cookie("session") is None  # no session for the script itself
-    response.close()
-
-
-def test_script_route_follows_turbo_script_route():
-    app = create_app({**CONFIG, "TURBO_SCRIPT_ROUTE": "/assets/push.js"})
-    client = app.test_client()
-
-    response = client.get("/assets/push.js")
-
-    assert response.status_code == 200
-    response.close()
-    assert client.get("/turbocast.js").status_code == 404
-
-
 def test_sse_endpoint_without_a_session_cookie_is_refused_with_403(app):
     client = app.test_client()
 
@@ -265,8 +242,16 @@ def test_template_context_offers_turbo_stream_url(app):
     assert rendered == "http://localhost/turbo-stream/events"
 
 
-def test_the_library_default_transport_is_turbos_own_element():
-    assert DEFAULTS["TURBO_TRANSPORT"] == "turbo"
+def test_the_library_default_transport_is_the_reconnecting_element():
+    assert DEFAULTS["TURBO_TRANSPORT"] == "websocket"
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="x", REDIS_URL="redis://127.0.0.1:1/0")
+    Turbo(app)
+    with app.test_request_context("/"):
+        rendered = app.jinja_env.from_string("{{ turbo_stream_source() }}").render(**_context(app))
+
+    assert rendered.startswith('<script type="module" src="/_turbocast/turbocast.js?v=')
+    assert '<turbocast-stream-source src="ws://localhost/turbo-stream">' in rendered
 
 
 def _context(app: Flask) -> dict:

@@ -6,7 +6,9 @@ Redis are then left out (with a warning), unless a test gives the app a fake his
 
 from __future__ import annotations
 
+import html as html_module
 import logging
+import re
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -15,13 +17,14 @@ from markupsafe import Markup
 
 from app import create_app
 from tests.unit.fake_streams import FakeStreamsRedis
+from turbocast.assets import digest
 from turbocast.channels import valid_session_id
 from turbocast.errors import TurboError
 from turbocast.helpers import SESSION_KEY, session_id, stream_url, turbo_stream_source
 from turbocast.publisher import Publisher
 from turbocast.signing import StreamSigner
 
-# The demo's config picks its own default transport: these tests name theirs.
+# Turbo's own element, not the default (websocket): the tests of other transports name theirs.
 CONFIG = {
     "SECRET_KEY": "x",
     "REDIS_URL": "redis://127.0.0.1:1/0",
@@ -266,7 +269,7 @@ def test_websocket_transport_renders_the_script_and_the_reconnecting_element(app
         html = turbo_stream_source(transport="websocket")
 
     assert html == (
-        '<script type="module" src="/turbocast.js"></script>'
+        f'<script type="module" src="/_turbocast/turbocast.js?v={digest("turbocast.js")}"></script>'
         '<turbocast-stream-source src="ws://localhost/turbo-stream"></turbocast-stream-source>'
     )
     assert isinstance(html, Markup)
@@ -286,12 +289,12 @@ def test_websocket_transport_keeps_extra_attributes_on_the_element(app):
     assert '<turbocast-stream-source src="ws://localhost/turbo-stream" id="live">' in html
 
 
-def test_websocket_transport_script_follows_turbo_script_route_and_the_script_root():
-    app = create_app({**CONFIG, "TURBO_SCRIPT_ROUTE": "/static/push.js"})
+def test_websocket_transport_script_follows_turbo_assets_route_and_the_script_root():
+    app = create_app({**CONFIG, "TURBO_ASSETS_ROUTE": "/static/push"})
     with app.test_request_context("/", base_url="http://localhost/mounted"):
         html = turbo_stream_source(transport="websocket")
 
-    assert '<script type="module" src="/mounted/static/push.js"></script>' in html
+    assert '<script type="module" src="/mounted/static/push/turbocast.js?v=' in html
 
 
 def test_sse_transport_renders_turbos_element_on_the_http_events_url(app):
@@ -449,3 +452,62 @@ def test_stream_url_without_a_reachable_redis_logs_a_warning_and_carries_no_posi
     warnings = [r for r in caplog.records if "no stream positions" in r.getMessage()]
     assert len(warnings) == 1
     assert warnings[0].levelno == logging.WARNING
+
+
+# -- more than one stream source on a page -------------------------------------------------
+
+
+def _src(html: str) -> str:
+    match = re.search(r'src="(ws://[^"]+)"', html)
+    assert match, html
+    return html_module.unescape(match.group(1))
+
+
+def test_a_second_source_listens_only_to_its_own_named_streams(app):
+    client = _fake_history(app)
+    client.add("turbo:history:broadcast", "1700-2")
+    client.add("turbo:history:stream:board:1", "1699-5")
+    with app.test_request_context("/"):
+        layout = turbo_stream_source()
+        page = turbo_stream_source(streams=["board:1"])
+
+    assert _query(_src(layout))["since"] == ["s~0-0", "b~1700-2"]
+    assert "only" not in _query(_src(layout))
+    query = _query(_src(page))
+    assert query["only"] == ["streams"]
+    assert [StreamSigner("x").unsign(token) for token in query["streams"]] == ["board:1"]
+    assert query["since"] == ["t:board:1~1699-5"]  # its own stream's position, nothing else
+
+
+def test_a_later_source_leaves_out_the_streams_an_earlier_one_named(app):
+    with app.test_request_context("/"):
+        first = turbo_stream_source(streams=["board:1"])
+        second = turbo_stream_source(streams=["board:1", "board:2", "board:2"])
+        third = turbo_stream_source(streams=["board:2"])
+        fourth = turbo_stream_source()
+
+    signer = StreamSigner("x")
+    assert [signer.unsign(t) for t in _query(_src(first))["streams"]] == ["board:1"]
+    assert [signer.unsign(t) for t in _query(_src(second))["streams"]] == ["board:2"]
+    assert third == fourth == ""  # nothing new to listen to: nothing rendered
+    assert isinstance(third, Markup)
+
+
+def test_each_request_starts_with_a_full_source(app):
+    with app.test_request_context("/"):
+        turbo_stream_source()
+    with app.test_request_context("/"):
+        html = turbo_stream_source(streams=["board:1"])
+
+    assert "only" not in _query(_src(html))
+
+
+def test_a_second_websocket_source_brings_the_same_script_url(app):
+    with app.test_request_context("/"):
+        first = turbo_stream_source(transport="websocket")
+        second = turbo_stream_source(transport="websocket", streams=["board:1"])
+
+    script = f'<script type="module" src="/_turbocast/turbocast.js?v={digest("turbocast.js")}">'
+    assert first.startswith(script)
+    assert second.startswith(script)
+    assert "only=streams" in second

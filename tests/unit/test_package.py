@@ -5,7 +5,9 @@ from __future__ import annotations
 import ast
 import email
 import importlib
+import json
 import re
+import stat
 import sys
 import tarfile
 import zipfile
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import turbocast
-from tests.support import ROOT, Distributions
+from tests.support import ROOT, Distributions, build, copy_checkout
 
 CORE = ROOT / "app" / "turbo"
 
@@ -113,6 +115,25 @@ def test_the_sdist_holds_the_core_and_builds_that_wheel(distributions):
         names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
     assert {"PKG-INFO", "pyproject.toml", "app/turbo/__init__.py", "app/turbo/py.typed"} <= names
     assert "app/turbo/static/turbo.js" in names
+
+
+def test_the_wheel_ships_the_build_of_turbo_pinned_in_package_lock(wheel):
+    lock = json.loads((ROOT / "package-lock.json").read_text())
+    version = lock["packages"]["node_modules/@hotwired/turbo"]["version"]
+    info = wheel.getinfo("turbocast/static/turbo.js")
+    assert stat.S_ISREG(info.external_attr >> 16), "a link, not the file"
+    shipped = wheel.read(info)
+    assert shipped.startswith(f"/*!\nTurbo {version}\n".encode()), shipped[:40]
+    assert b"StreamActions" in shipped and len(shipped) > 100_000
+
+
+def test_without_node_modules_the_build_stops_and_says_to_run_npm_ci(tmp_path):
+    result = build(copy_checkout(tmp_path, node_modules=False), "--wheel")
+
+    assert result.returncode != 0
+    assert "app/turbo/static/turbo.js does not lead to Turbo's JavaScript" in result.stderr
+    assert "run `npm ci` first" in result.stderr
+    assert not (tmp_path / "dist").exists() or not list((tmp_path / "dist").iterdir())
 
 
 def test_the_wheel_requires_only_what_the_core_imports(wheel):

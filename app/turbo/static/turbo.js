@@ -1,0 +1,1 @@
+../../../node_modules/@hotwired/turbo/dist/turbo.es2017-esm.js

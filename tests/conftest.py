@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from app.embedded_redis import EmbeddedRedis
-from tests.support import Certificates
+from tests.support import Certificates, Distributions, build, copy_checkout
 from turbocast import Publisher
 
 
@@ -58,3 +58,14 @@ def publisher(redis_url: str) -> Iterator[Publisher]:
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     """A throwaway CA and a certificate for 127.0.0.1, for the servers that speak TLS."""
     return Certificates.make(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def distributions(tmp_path_factory: pytest.TempPathFactory) -> Distributions:
+    """Build the sdist, then the wheel from it, as a release would (a few seconds)."""
+    source = copy_checkout(tmp_path_factory.mktemp("dist"))
+    result = build(source)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (sdist,) = (source.parent / "dist").glob("turbocast-*.tar.gz")
+    (wheel,) = (source.parent / "dist").glob("turbocast-*.whl")
+    return Distributions(sdist, wheel)

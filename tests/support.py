@@ -8,13 +8,14 @@ import html
 import http.client
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,18 +62,71 @@ def numsub(redis_client: Any, channel: str) -> int:
     return int(redis_client.pubsub_numsub(channel)[0][1])
 
 
+def copy_checkout(tmp: Path) -> Path:
+    """Copy this checkout to ``tmp/source`` for a build, without what a build leaves behind.
+
+    setuptools keeps build/ between runs, and a stale build/lib ends up in wheels. Links
+    stay links: static/turbo.js leads into the copy's node_modules.
+    """
+    anywhere = shutil.ignore_patterns(".*", "*.egg-info", "__pycache__")
+    at_the_top = {"build", "dist", "instance"}
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        # Not node_modules/@hotwired/turbo/dist: that is Turbo.
+        top = at_the_top & set(names) if Path(directory) == ROOT else set()
+        return set(anywhere(directory, names)) | top
+
+    return Path(shutil.copytree(ROOT, tmp / "source", symlinks=True, ignore=ignore))
+
+
+def build(source: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """``python -m build`` the project at ``source`` into ``source.parent / "dist"``.
+
+    No isolation: the test extra installs the build backend, so no index is needed.
+    """
+    command = [sys.executable, "-m", "build", *options, "--no-isolation", "--outdir", "dist"]
+    return subprocess.run(
+        [*command, str(source)], cwd=source.parent, capture_output=True, text=True, timeout=180
+    )
+
+
+@dataclass(frozen=True)
+class Distributions:
+    """What ``python -m build`` made of this checkout: the sdist, and the wheel built from it."""
+
+    sdist: Path
+    wheel: Path
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Which Python runs a managed process, in which directory, on which environment.
+
+    The default is this checkout: the test run's Python, in the repository, with the
+    test run's environment. The wheel test runs an installed project instead: another
+    virtualenv's Python, in a directory outside the repository, with a clean environment.
+    """
+
+    python: str = sys.executable
+    cwd: Path = ROOT
+    #: The environment the process starts from; ``None``: the test run's.
+    env: Mapping[str, str] | None = None
+
+
 class ManagedProcess:
     """A child process of the test run with its output in a log file."""
 
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    runtime: Runtime = Runtime()
 
     def _spawn(self, args: list[str], log_path: Path, env: dict[str, str]) -> None:
         self.log_path = log_path
-        full_env = {**os.environ, "SECRET_KEY": SECRET_KEY, "PYTHONUNBUFFERED": "1", **env}
+        base = os.environ if self.runtime.env is None else self.runtime.env
+        full_env = {**base, "SECRET_KEY": SECRET_KEY, "PYTHONUNBUFFERED": "1", **env}
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
-                args, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
+                args, cwd=self.runtime.cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT
             )
 
     def _check_running(self) -> None:
@@ -133,7 +187,7 @@ def http_connection(
 
 @dataclass
 class WebServer(ManagedProcess):
-    """A real gunicorn serving ``app:create_app()`` in its own process."""
+    """A real gunicorn serving ``app:create_app()`` in its own process: the demo's by default."""
 
     redis_url: str
     env: dict[str, str] = field(default_factory=dict)
@@ -144,6 +198,7 @@ class WebServer(ManagedProcess):
     worker_class: str = "gthread"
     #: With certificates gunicorn ends TLS itself (``--certfile``): https:// and wss://.
     certificates: Certificates | None = None
+    runtime: Runtime = field(default_factory=Runtime)
 
     @property
     def base_url(self) -> str:
@@ -164,7 +219,7 @@ class WebServer(ManagedProcess):
         tls = self.certificates
         self._spawn(
             [
-                sys.executable, "-m", "gunicorn",
+                self.runtime.python, "-m", "gunicorn",
                 "-c", "python:turbocast.gunicorn_hooks",
                 "--bind", f"127.0.0.1:{self.port}",
                 *(["--certfile", str(tls.cert), "--keyfile", str(tls.key)] if tls else []),
@@ -360,14 +415,17 @@ class RawClient:
 
 @dataclass
 class CeleryProcess(ManagedProcess):
-    """A real ``celery -A workers.celery worker`` (or ``beat``) in its own process."""
+    """A real ``celery -A <app> worker`` (or ``beat``) in its own process: the demo's by default."""
 
     redis_url: str
     command: str = "worker"
     env: dict[str, str] = field(default_factory=dict)
+    #: The Celery app (``celery -A``).
+    app: str = "workers.celery"
+    runtime: Runtime = field(default_factory=Runtime)
 
     def start(self, log_dir: Path) -> CeleryProcess:
-        args = [sys.executable, "-m", "celery", "-A", "workers.celery", self.command, "-l", "INFO"]
+        args = [self.runtime.python, "-m", "celery", "-A", self.app, self.command, "-l", "INFO"]
         if self.command == "worker":
             args += ["--concurrency", "2", "--without-gossip", "--without-mingle"]
             ready = "ready."

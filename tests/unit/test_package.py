@@ -7,10 +7,9 @@ import email
 import importlib
 import json
 import re
-import shutil
 import stat
-import subprocess
 import sys
+import tarfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import turbocast
-from tests.support import ROOT
+from tests.support import ROOT, Distributions
 
 CORE = ROOT / "app" / "turbo"
 
@@ -90,37 +89,10 @@ def test_the_core_imports_neither_the_demo_nor_the_workers():
 CORE_DEPENDENCIES = {"flask", "redis", "markupsafe", "itsdangerous", "wsproto"}
 
 
-def _copy(tmp: Path, *, node_modules: bool = True) -> Path:
-    # A copy: setuptools keeps build/ between runs, and a stale build/lib ends up in wheels.
-    # Links stay links: static/turbo.js leads into the copy's node_modules.
-    anywhere = shutil.ignore_patterns(".*", "*.egg-info", "__pycache__")
-    at_the_top = {"build", "dist"} | (set() if node_modules else {"node_modules"})
-
-    def ignore(directory: str, names: list[str]) -> set[str]:
-        # Not node_modules/@hotwired/turbo/dist: that is Turbo.
-        top = at_the_top & set(names) if Path(directory) == ROOT else set()
-        return set(anywhere(directory, names)) | top
-
-    return shutil.copytree(ROOT, tmp / "source", symlinks=True, ignore=ignore)
-
-
-def _build(source: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    # No isolation: the test extra installs the build backend, so no index is needed.
-    command = [sys.executable, "-m", "build", *options, "--no-isolation", "--outdir", "dist"]
-    return subprocess.run(
-        [*command, str(source)], cwd=source.parent, capture_output=True, text=True, timeout=120
-    )
-
-
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[zipfile.ZipFile]:
-    """The wheel that ``python -m build`` builds from the sdist it makes of a clean copy of
-    this checkout, as an installer building from PyPI's sdist would (a few seconds)."""
-    tmp = tmp_path_factory.mktemp("wheel")
-    result = _build(_copy(tmp))
-    assert result.returncode == 0, result.stdout + result.stderr
-    (path,) = (tmp / "dist").glob("turbocast-*.whl")
-    with zipfile.ZipFile(path) as archive:
+def wheel(distributions: Distributions) -> Iterator[zipfile.ZipFile]:
+    """The wheel, built from the sdist of a clean copy of this checkout."""
+    with zipfile.ZipFile(distributions.wheel) as archive:
         yield archive
 
 
@@ -131,8 +103,18 @@ def test_the_wheel_holds_turbocast_and_nothing_else(wheel):
     modules = {name for name in names if name.endswith(".py")}
     assert modules == {f"turbocast/{path.name}" for path in CORE.glob("*.py")}
     assert "turbocast/py.typed" in names
-    assert "turbocast/static/turbocast.js" in names
-    assert "turbocast/static/turbo.js" in names
+    # Turbo's JavaScript and turbocast's reconnecting element: a page needs nothing else.
+    static = {name for name in names if name.startswith("turbocast/static/")}
+    assert static >= {"turbocast/static/turbo.js", "turbocast/static/turbocast.js"}
+    assert static == {f"turbocast/static/{path.name}" for path in (CORE / "static").iterdir()}
+
+
+def test_the_sdist_holds_the_core_and_builds_that_wheel(distributions):
+    # The wheel above was built from this sdist, so it holds everything the wheel needs.
+    with tarfile.open(distributions.sdist) as sdist:
+        names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    assert {"PKG-INFO", "pyproject.toml", "app/turbo/__init__.py", "app/turbo/py.typed"} <= names
+    assert "app/turbo/static/turbo.js" in names
 
 
 def test_the_wheel_ships_the_build_of_turbo_pinned_in_package_lock(wheel):

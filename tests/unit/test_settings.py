@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from flask import Flask
 
 import turbocast
+from tests.support import ROOT
 from turbocast import DEFAULTS, Publisher, Turbo, TurboError
 from turbocast.settings import redis_url, setting
 
@@ -156,3 +159,9 @@ def test_flask_prefixed_env_sets_what_the_extensions_publisher_uses(monkeypatch,
         assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("127.0.0.1", 1, 3)
     finally:
         publisher.close()
+
+
+def test_the_readme_lists_every_setting_with_its_default():
+    readme = (ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(TURBO_[A-Z_]+)` \| `([^`]*)` \|", readme, re.M))
+    assert rows == {key: repr(value) for key, value in DEFAULTS.items()}

@@ -13,7 +13,7 @@ from markupsafe import Markup, escape
 from .assets import script_tag
 from .channels import valid_session_id
 from .errors import TurboError
-from .settings import DEFAULTS, setting
+from .settings import setting
 from .signing import StreamSigner
 
 #: The key of the session id in Flask's (signed) session.
@@ -24,8 +24,6 @@ ENDPOINT = "turbo_stream"
 SSE_ENDPOINT = "turbo_stream_events"
 #: How a page receives its streams; see :func:`turbo_stream_source`.
 TRANSPORTS = ("turbo", "websocket", "sse")
-#: The default of ``TURBO_TRANSPORT``: the element that reconnects and resumes.
-DEFAULT_TRANSPORT: str = DEFAULTS["TURBO_TRANSPORT"]
 #: The query flag of a stream source that listens to its named streams only.
 STREAMS_ONLY = ("only", "streams")
 
@@ -96,7 +94,7 @@ def stream_url(
     path: str | None = None,
     streams: Iterable[str] = (),
     *,
-    transport: str = DEFAULT_TRANSPORT,
+    transport: str | None = None,
     positions: bool = True,
     streams_only: bool = False,
 ) -> str:
@@ -109,12 +107,13 @@ def stream_url(
 
     :param path: the endpoint's path; by default the registered route.
     :param streams: names of streams to listen to; each is signed with the app's secret.
-    :param transport: ``"turbo"``, ``"websocket"`` or ``"sse"``.
+    :param transport: ``"websocket"``, ``"turbo"`` or ``"sse"``; by default ``TURBO_TRANSPORT``.
     :param positions: carry each channel's current history position (``since=``),
         so that what is published between this render and the connect is replayed.
     :param streams_only: listen to the named streams only, not to the session's,
         everyone's and the user's channels (``only=streams``).
     """
+    transport = transport or str(setting(current_app.config, "TURBO_TRANSPORT"))
     if transport not in TRANSPORTS:
         raise TurboError(f"unknown transport {transport!r}: use one of {', '.join(TRANSPORTS)}")
     scheme, host = _scheme_host()

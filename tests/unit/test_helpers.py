@@ -107,6 +107,13 @@ def test_stream_url_default_is_one_absolute_url(app):
         assert stream_url() == "ws://localhost/turbo-stream"
 
 
+def test_stream_url_follows_the_configured_transport(app):
+    app.config["TURBO_TRANSPORT"] = "sse"
+    with app.test_request_context("/"):
+        assert stream_url() == "http://localhost/turbo-stream/events"
+        assert stream_url(transport="turbo") == "ws://localhost/turbo-stream"
+
+
 def test_default_path_goes_under_the_script_root(app):
     with app.test_request_context("/", base_url="http://localhost/mounted"):
         assert stream_url() == "ws://localhost/mounted/turbo-stream"

@@ -61,8 +61,9 @@ if TYPE_CHECKING:
     from .helpers import session_id, stream_url, turbo_scripts, turbo_stream_source
     from .message import SUBPROTOCOL
     from .outbox import CLOSE_OUTBOX_OVERFLOW
-    from .publisher import Publisher
+    from .publisher import Batch, Publisher
     from .relay import close_all_sockets
+    from .rendering import render_stream
     from .settings import DEFAULTS
     from .signing import StreamSigner
     from .streams import ACTIONS, MIME_TYPE, TurboStream, render_streams
@@ -104,8 +105,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "helpers": ("session_id", "stream_url", "turbo_scripts", "turbo_stream_source"),
     "message": ("SUBPROTOCOL",),
     "outbox": ("CLOSE_OUTBOX_OVERFLOW",),
-    "publisher": ("Publisher",),
+    "publisher": ("Batch", "Publisher"),
     "relay": ("close_all_sockets",),
+    "rendering": ("render_stream",),
     "settings": ("DEFAULTS",),
     "signing": ("StreamSigner",),
     "streams": ("ACTIONS", "MIME_TYPE", "TurboStream", "render_streams"),
@@ -131,6 +133,7 @@ __all__ = [
     "STATUS_TOO_MANY_SOCKETS",
     "SUBPROTOCOL",
     "StreamSigner",
+    "Batch",
     "CeleryNotConfiguredError",
     "InvalidChannelError",
     "InvalidStreamError",
@@ -144,6 +147,7 @@ __all__ = [
     "broadcast_later",
     "channel_for",
     "close_all_sockets",
+    "render_stream",
     "render_streams",
     "send_later",
     "session_id",

@@ -198,6 +198,7 @@ def _replay(state: TurboState, admission: Admission) -> list[Message]:
     # One snapshot of every history: what comes live afterwards is all newer.
     reads = [(history_key(channel, prefix), position) for channel, _, position in wanted]
     replay: list[Message] = []
+    own = admission.sid.encode()
     results = state.publisher.history.since_many(reads)
     for (channel, label, position), (entries, gap) in zip(wanted, results, strict=True):
         raw = channel.encode()
@@ -209,7 +210,12 @@ def _replay(state: TurboState, admission: Admission) -> list[Message]:
                 extra={"turbo_label": label, "turbo_since": position},
             )
         else:
-            replay.extend(Message(raw, label, message_id, html) for message_id, html in entries)
+            # A message that excludes this socket's session is not replayed to it either.
+            replay.extend(
+                Message(raw, label, message_id, html)
+                for message_id, html, exclude in entries
+                if exclude != own
+            )
     # Ids come from one clock across channels: their order is the publish order.
     replay.sort(key=lambda m: m.key or (0, 0))
     return replay
@@ -225,7 +231,7 @@ def _subscribe(
     """
     deadline = time.monotonic() + float(state.config["TURBO_REDIS_TIMEOUT"])
     relay = state.relay()
-    sub: Subscription = relay.attach(admission.channels, outbox)
+    sub: Subscription = relay.attach(admission.channels, outbox, admission.sid)
     held.callback(relay.detach, sub)
     if not sub.ready.wait(max(0.0, deadline - time.monotonic())):
         return _refuse(STATUS_REDIS_UNAVAILABLE, "Redis unavailable: subscription not confirmed")

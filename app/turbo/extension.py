@@ -29,7 +29,7 @@ from .helpers import (
     turbo_scripts,
     turbo_stream_source,
 )
-from .publisher import Publisher
+from .publisher import Batch, Publisher
 from .relay import Relay
 from .settings import DEFAULTS, redis_url
 
@@ -253,36 +253,53 @@ class Turbo:
         """The current app's :class:`Publisher`."""
         return _state().publisher
 
-    def to_session(self, session_id: str, *streams: Any) -> int:
+    def to_session(self, session_id: str, *streams: Any, exclude: str | None = None) -> int:
         """Send streams to one browser session (see :meth:`Publisher.to_session`).
 
         :param session_id: the session's id.
         :param streams: ``TurboStream`` objects, sent as one message.
+        :param exclude: a session id (``session_id()``) whose sockets must not get it.
         """
-        return _state().publisher.to_session(session_id, *streams)
+        return _state().publisher.to_session(session_id, *streams, exclude=exclude)
 
-    def to_user(self, user_id: str | int, *streams: Any) -> int:
+    def to_user(self, user_id: str | int, *streams: Any, exclude: str | None = None) -> int:
         """Send streams to every socket of one user (see :meth:`Publisher.to_user`).
 
         :param user_id: the user's id.
         :param streams: ``TurboStream`` objects, sent as one message.
+        :param exclude: a session id (``session_id()``) whose sockets must not get it.
         """
-        return _state().publisher.to_user(user_id, *streams)
+        return _state().publisher.to_user(user_id, *streams, exclude=exclude)
 
-    def to_stream(self, name: str, *streams: Any) -> int:
+    def to_stream(self, name: str, *streams: Any, exclude: str | None = None) -> int:
         """Send streams to every page listening to a named stream (:meth:`Publisher.to_stream`).
 
         :param name: the stream's name.
         :param streams: ``TurboStream`` objects, sent as one message.
+        :param exclude: a session id (``session_id()``) whose sockets must not get it.
         """
-        return _state().publisher.to_stream(name, *streams)
+        return _state().publisher.to_stream(name, *streams, exclude=exclude)
 
-    def to_all(self, *streams: Any) -> int:
+    def to_all(self, *streams: Any, exclude: str | None = None) -> int:
         """Send streams to every socket (see :meth:`Publisher.to_all`).
 
         :param streams: ``TurboStream`` objects, sent as one message.
+        :param exclude: a session id (``session_id()``) whose sockets must not get it.
         """
-        return _state().publisher.to_all(*streams)
+        return _state().publisher.to_all(*streams, exclude=exclude)
+
+    def batch(self) -> Batch:
+        """Collect pushes to send together in one Redis round trip when the block ends.
+
+        ::
+
+            with turbo.batch() as batch:
+                batch.to_stream("board:1", TurboStream.remove("post-7"), exclude=session_id())
+                batch.to_user(author_id, TurboStream.update("unread", "3"))
+
+        See :meth:`Publisher.batch` and :class:`turbocast.publisher.Batch`.
+        """
+        return _state().publisher.batch()
 
     def to_session_later(
         self,
@@ -293,6 +310,7 @@ class Turbo:
         template: str,
         targets: str | None = None,
         method: str | None = None,
+        exclude: str | None = None,
         **context: Any,
     ) -> AsyncResult:
         """Have a Celery worker render ``template`` and send it to one session; returns at once.
@@ -308,6 +326,7 @@ class Turbo:
         :param template: the Jinja2 template that renders the content, in the worker.
         :param targets: a CSS selector instead of ``target``.
         :param method: ``"morph"`` for replace and update.
+        :param exclude: a session id whose sockets must not get it.
         :param context: the template's variables (JSON values: ids, not objects).
         :raises CeleryNotConfiguredError: no Celery app to enqueue on.
         :raises InvalidChannelError: a malformed session id.
@@ -318,7 +337,7 @@ class Turbo:
         def channel(prefix: str) -> str:
             return channel_for(session_id, prefix)
 
-        return enqueue(channel, action, target, targets, method, template, context)
+        return enqueue(channel, action, target, targets, method, template, context, exclude)
 
     def to_user_later(
         self,
@@ -329,6 +348,7 @@ class Turbo:
         template: str,
         targets: str | None = None,
         method: str | None = None,
+        exclude: str | None = None,
         **context: Any,
     ) -> AsyncResult:
         """Have a Celery worker render ``template`` and send it to every socket of one user.
@@ -339,6 +359,7 @@ class Turbo:
         :param template: the Jinja2 template that renders the content, in the worker.
         :param targets: a CSS selector instead of ``target``.
         :param method: ``"morph"`` for replace and update.
+        :param exclude: a session id whose sockets must not get it.
         :param context: the template's variables (JSON values).
         :raises CeleryNotConfiguredError: no Celery app to enqueue on.
         :raises InvalidChannelError: a user id that cannot name a channel.
@@ -349,7 +370,7 @@ class Turbo:
         def channel(prefix: str) -> str:
             return user_channel(user_id, prefix)
 
-        return enqueue(channel, action, target, targets, method, template, context)
+        return enqueue(channel, action, target, targets, method, template, context, exclude)
 
     def to_stream_later(
         self,
@@ -360,6 +381,7 @@ class Turbo:
         template: str,
         targets: str | None = None,
         method: str | None = None,
+        exclude: str | None = None,
         **context: Any,
     ) -> AsyncResult:
         """Have a Celery worker render ``template`` and send it to every page of a named stream.
@@ -370,6 +392,7 @@ class Turbo:
         :param template: the Jinja2 template that renders the content, in the worker.
         :param targets: a CSS selector instead of ``target``.
         :param method: ``"morph"`` for replace and update.
+        :param exclude: a session id whose sockets must not get it.
         :param context: the template's variables (JSON values).
         :raises CeleryNotConfiguredError: no Celery app to enqueue on.
         :raises InvalidChannelError: a name that cannot name a channel.
@@ -380,7 +403,7 @@ class Turbo:
         def channel(prefix: str) -> str:
             return stream_channel(name, prefix)
 
-        return enqueue(channel, action, target, targets, method, template, context)
+        return enqueue(channel, action, target, targets, method, template, context, exclude)
 
     def to_all_later(
         self,
@@ -390,6 +413,7 @@ class Turbo:
         template: str,
         targets: str | None = None,
         method: str | None = None,
+        exclude: str | None = None,
         **context: Any,
     ) -> AsyncResult:
         """Have a Celery worker render ``template`` and send it to every socket, everywhere.
@@ -399,10 +423,13 @@ class Turbo:
         :param template: the Jinja2 template that renders the content, in the worker.
         :param targets: a CSS selector instead of ``target``.
         :param method: ``"morph"`` for replace and update.
+        :param exclude: a session id whose sockets must not get it.
         :param context: the template's variables (JSON values).
         :raises CeleryNotConfiguredError: no Celery app to enqueue on.
         :raises InvalidStreamError: a bad action, target or method.
         """
         from .tasks import enqueue
 
-        return enqueue(broadcast_channel, action, target, targets, method, template, context)
+        return enqueue(
+            broadcast_channel, action, target, targets, method, template, context, exclude
+        )

@@ -1,7 +1,10 @@
 """Each channel's recent messages, kept in a Redis Stream, so nothing Redis accepted is lost.
 
 Publishing appends to the channel's history and publishes in one round trip (a
-Lua script: XADD, trim by count and age, PUBLISH ``"<id> <html>"``). Every
+Lua script: XADD, trim by count and age, PUBLISH ``"<id> <html>"``, or
+``"<id>;x=<session id> <html>"`` when one session is excluded; see
+:mod:`turbocast.message`). Many messages go in one round trip too
+(:meth:`History.publish_many`: the same script for each, pipelined). Every
 message gets the stream entry's id (``<ms>-<seq>``). The script picks it from a
 clock key shared by every channel of the prefix, so ids follow publish order
 across channels too: a replay that merges several channels sorts by id. A
@@ -14,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from redis.exceptions import NoScriptError
@@ -28,9 +31,10 @@ START = "0-0"
 
 # KEYS[1] history key, KEYS[2] clock key (the last id handed out, any channel).
 # ARGV: payload, max length, max age (ms), pub/sub channel, the publish's token,
-# and "" on a first attempt or, on a retry, the ms from which the first attempt's
-# entry would be found. Returns {id, receivers} or, when a retry finds that the
-# first attempt landed, {its id, the channel's subscribers now, 1}.
+# "" on a first attempt or, on a retry, the ms from which the first attempt's
+# entry would be found, and the session id it excludes ("" for none). Returns
+# {id, receivers} or, when a retry finds that the first attempt landed, {its id,
+# the channel's subscribers now, 1}.
 # The id is max(now, clock) with the next sequence. When the stream's top is
 # already above it (the clock key was lost: evicted, deleted), XADD refuses it;
 # XADD '*' then takes the next id above the top, and the clock moves up to that.
@@ -57,9 +61,14 @@ if last then
   end
 end
 local id = string.format('%d-%d', ms, seq)
-local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[2], id, 'd', ARGV[1], 'p', ARGV[5])
+local exclude = ARGV[7] or ''
+local fields = {'d', ARGV[1], 'p', ARGV[5]}
+if exclude ~= '' then
+  fields[5], fields[6] = 'x', exclude
+end
+local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[2], id, unpack(fields))
 if type(added) == 'table' and added.err then
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', 'd', ARGV[1], 'p', ARGV[5])
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', unpack(fields))
 end
 redis.call('SET', KEYS[2], id)
 local oldest = now - tonumber(ARGV[3])
@@ -67,9 +76,32 @@ if oldest > 0 then
   redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', oldest))
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-local receivers = redis.call('PUBLISH', ARGV[4], id .. ' ' .. ARGV[1])
+local head = id
+if exclude ~= '' then
+  head = id .. ';x=' .. exclude
+end
+local receivers = redis.call('PUBLISH', ARGV[4], head .. ' ' .. ARGV[1])
 return {id, receivers}
 """
+
+
+#: A history entry as read back: its id, its HTML, and the session it excludes (or ``None``).
+Entry = tuple[str, bytes, bytes | None]
+
+
+class Publication(NamedTuple):
+    """One message of :meth:`History.publish_many`."""
+
+    #: The channel's history key.
+    key: str
+    #: The pub/sub channel.
+    channel: str
+    #: The message (UTF-8 HTML).
+    payload: bytes
+    #: This publish's own random id (a retry passes the same one).
+    token: bytes
+    #: A session id whose sockets must not get it, or ``None``.
+    exclude: str | None = None
 
 
 def parse_id(value: bytes | str) -> tuple[int, int]:
@@ -132,6 +164,7 @@ class History:
         *,
         token: bytes | None = None,
         retry_from_ms: int | None = None,
+        exclude: str | None = None,
     ) -> tuple[str, int]:
         """Append to the history and publish, in one round trip.
 
@@ -145,15 +178,14 @@ class History:
             attempt landed and only its reply was lost: nothing is appended or published
             again, and its id is returned with the channel's current number of
             subscribers (``PUBSUB NUMSUB``), since how many got it then is unknown.
+        :param exclude: a session id whose sockets must not get it (checked by the caller).
         :returns: the message's id and how many subscribers (web processes) got it.
         """
         if token is None:
             if retry_from_ms is not None:
                 raise ValueError("a retry needs the first attempt's token")
             token = os.urandom(16)
-        since = "" if retry_from_ms is None else str(max(0, retry_from_ms))
-        keys = (key, self.clock_key)
-        args = (payload, self.maxlen, self.max_age_ms, channel, token, since)
+        keys, args = self._call(key, channel, payload, token, retry_from_ms, exclude)
         if self._pool is None:
             result = self._script(keys=list(keys), args=list(args))
         else:
@@ -164,6 +196,90 @@ class History:
                 extra={"turbo_channel": channel, "turbo_id": _text(result[0])},
             )
         return _text(result[0]), int(result[1])
+
+    def publish_many(
+        self, publications: Sequence[Publication], *, retry_from_ms: int | None = None
+    ) -> list[tuple[str, int]]:
+        """Append and publish many messages, in order, in one round trip.
+
+        The script :meth:`publish` runs, once per message, pipelined without a
+        transaction: each message gets its own id and history entry, in the order given,
+        and another publisher's messages may fall between them. Should the connection
+        break, the messages Redis ran are a prefix of the list; a retry (same tokens,
+        ``retry_from_ms``) finds those and sends only the rest.
+
+        :param publications: what to publish, each with its own token.
+        :param retry_from_ms: only on a retry, as in :meth:`publish`.
+        :returns: each message's id and how many subscribers got it, in order.
+        :raises redis.ResponseError: when Redis refused one of them (say, a key of the
+            wrong type), after every reply was read: the others were published.
+        """
+        calls = [
+            self._call(p.key, p.channel, p.payload, p.token, retry_from_ms, p.exclude)
+            for p in publications
+        ]
+        if not calls:
+            return []
+        if self._pool is None:
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args in calls:
+                self._script(keys=list(keys), args=list(args), client=pipe)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+        else:
+            replies = self._run_scripts(calls)
+        found = sum(1 for reply in replies if not isinstance(reply, Exception) and len(reply) > 2)
+        if found:
+            logger.info(
+                "retried publishes had landed; not sent again",
+                extra={"turbo_found": found, "turbo_messages": len(calls)},
+            )
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return [(_text(reply[0]), int(reply[1])) for reply in replies]
+
+    def _call(
+        self,
+        key: str,
+        channel: str,
+        payload: bytes,
+        token: bytes,
+        retry_from_ms: int | None,
+        exclude: str | None,
+    ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        since = "" if retry_from_ms is None else str(max(0, retry_from_ms))
+        keys = (key, self.clock_key)
+        return keys, (payload, self.maxlen, self.max_age_ms, channel, token, since, exclude or "")
+
+    def _run_scripts(self, calls: list[tuple[tuple[str, ...], tuple[Any, ...]]]) -> list[Any]:
+        # Every command is written before any reply is read: one round trip. An error
+        # reply (a ResponseError) is one value among the replies; reading them all keeps
+        # the connection in step.
+        if self._pid != os.getpid():
+            self._idle, self._pid = [], os.getpid()
+        try:
+            conn = self._idle.pop()
+        except IndexError:
+            conn = self._pool.make_connection()
+        try:
+            sha = self._script.sha
+            replies = _pipelined(conn, [("EVALSHA", sha, len(k), *k, *a) for k, a in calls])
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                # Redis restarted (or flushed its scripts): those ran nothing; send the body.
+                bodies = [("EVAL", _PUBLISH, len(calls[i][0]), *calls[i][0], *calls[i][1])
+                          for i in missing]  # fmt: skip
+                again = _pipelined(conn, bodies)
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        except BaseException as exc:
+            conn.disconnect()
+            if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
+                self.close()
+            self._idle.append(conn)
+            raise
+        self._idle.append(conn)
+        return replies
 
     def _run_script(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
         if self._pid != os.getpid():
@@ -212,12 +328,13 @@ class History:
             pipe.xrevrange(key, count=1)
         return [_text(entries[0][0]) if entries else START for entries in pipe.execute()]
 
-    def since(self, key: str, position: str) -> tuple[list[tuple[str, bytes]], bool]:
+    def since(self, key: str, position: str) -> tuple[list[Entry], bool]:
         """What a history holds after ``position``, and whether some of it may be gone.
 
         :param key: the channel's history key.
         :param position: the last id the reader has (``"0-0"``: it has nothing).
-        :returns: ``(entries, gap)``: ``[(id, payload), ...]`` oldest first. ``gap`` is
+        :returns: ``(entries, gap)``: ``[(id, payload, excluded session or None), ...]``
+            oldest first. ``gap`` is
             true when messages published after ``position`` may be missing, so the
             reader cannot be brought up to date message by message: the reader's own
             last entry is gone (trimmed, expired, or Redis lost the history), or, for a
@@ -226,9 +343,7 @@ class History:
         """
         return self.since_many([(key, position)])[0]
 
-    def since_many(
-        self, reads: Sequence[tuple[str, str]]
-    ) -> list[tuple[list[tuple[str, bytes]], bool]]:
+    def since_many(self, reads: Sequence[tuple[str, str]]) -> list[tuple[list[Entry], bool]]:
         """:meth:`since` for several histories, read as one snapshot in one round trip.
 
         One transaction (MULTI/EXEC): no publish falls between the reads of two
@@ -256,7 +371,19 @@ class History:
         return results
 
 
-def _read(after: str, found: Any, own: Any, info: Any) -> tuple[list[tuple[str, bytes]], bool]:
+def _pipelined(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Write every command, then read every reply (an error reply as its exception)."""
+    conn.send_packed_command(conn.pack_commands(commands))
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(conn.read_response())
+        except redis.ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
+def _read(after: str, found: Any, own: Any, info: Any) -> tuple[list[Entry], bool]:
     """One history's entries after ``after`` and its gap, from the three replies read."""
     for reply in (found, own):
         if isinstance(reply, Exception):
@@ -267,7 +394,7 @@ def _read(after: str, found: Any, own: Any, info: Any) -> tuple[list[tuple[str, 
         # No history at all: lost (expired, or Redis lost its data) unless the
         # reader had nothing, in which case nothing was ever there for it.
         return [], after != START
-    entries = [(_text(i), fields[b"d"]) for i, fields in found]
+    entries = [(_text(i), fields[b"d"], fields.get(b"x")) for i, fields in found]
     return entries, _gap(parse_id(after), bool(own), info)
 
 

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import redis
 
 from .channels import history_key, label_for
-from .history import History, format_id
+from .history import Entry, History, format_id
 from .message import REFRESH_HTML, Message
 from .subscriber import SUBSCRIBED, Event
 
@@ -316,7 +316,7 @@ class Listener:
                 newest = entries[-1][0] if entries else format_id(last)
                 missed.append(Message(channel, label, newest, REFRESH_HTML, gap=True))
                 continue
-            missed += [Message(channel, label, i, html) for i, html in entries]
+            missed += [Message(channel, label, i, html, exclude=x) for i, html, x in entries]
         # Ids come from one clock across channels: their order is the publish order.
         missed.sort(key=lambda m: m.key or (0, 0))
         for message in missed:
@@ -326,16 +326,14 @@ class Listener:
             extra={"turbo_messages": len(missed), "turbo_redis_restarted": restarted},
         )
 
-    def _read_histories(
-        self, reads: list[tuple[str, str]]
-    ) -> list[tuple[list[tuple[str, bytes]], bool]]:
+    def _read_histories(self, reads: list[tuple[str, str]]) -> list[tuple[list[Entry], bool]]:
         # One snapshot of every history (see History.since_many); one bad key (say
         # WRONGTYPE) must not hold up every other channel, so then one by one.
         assert self._history is not None
         try:
             return self._history.since_many(reads)
         except redis.ResponseError:
-            results: list[tuple[list[tuple[str, bytes]], bool]] = []
+            results: list[tuple[list[Entry], bool]] = []
             for key, position in reads:
                 try:
                     results.append(self._history.since(key, position))

@@ -13,6 +13,13 @@ Two wire formats, chosen per socket at the handshake:
   (or ``g <label> <id>`` for a gap: the history no longer holds what the client
   missed), a newline, then the HTML. The client keeps the last id per label and
   sends it back as ``since=<label>~<id>`` when it reconnects.
+
+What the publisher sends on Redis pub/sub (and what the relay parses) is
+``<id> <html>``, or ``<id>;x=<session id> <html>`` for a message that one browser
+session must not get (``exclude=``): the relay skips the outboxes of that
+session's sockets. The history entry keeps the excluded session too (field
+``x``), so a replay or a catch-up skips it the same way. A payload without an
+id (published by something else) is HTML alone.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ SUBPROTOCOL = "turbocast.v1"
 #: Bytes a message counts for, beyond its HTML: a frame header and the tagged first line.
 FRAME_OVERHEAD = 64
 
+#: What separates a message's id from the session it excludes, in a pub/sub payload.
+EXCLUDE_MARK = b";x="
+
 #: The stream a gap is answered with: Turbo fetches and renders the page again.
 REFRESH_HTML = b'<turbo-stream action="refresh"></turbo-stream>'
 
@@ -38,9 +48,11 @@ class Message:
     :param message_id: its history id (``"<ms>-<seq>"``), or ``None`` if it has none.
     :param html: the Turbo Stream HTML, UTF-8.
     :param gap: whether this message stands for messages that can no longer be replayed.
+    :param exclude: the session id (ASCII) whose sockets must not get it, or ``None``.
     """
 
-    __slots__ = ("channel", "label", "id", "key", "html", "gap", "size", "_plain", "_tagged")
+    __slots__ = ("channel", "label", "id", "key", "html", "gap", "exclude", "size", "_plain",
+                 "_tagged")  # fmt: skip
 
     def __init__(
         self,
@@ -50,6 +62,7 @@ class Message:
         html: bytes,
         *,
         gap: bool = False,
+        exclude: bytes | None = None,
     ) -> None:
         self.channel = channel
         self.label = label
@@ -57,6 +70,7 @@ class Message:
         self.key: tuple[int, int] | None = parse_id(message_id) if message_id else None
         self.html = html
         self.gap = gap
+        self.exclude = exclude
         #: What it counts against an outbox's bound: its HTML and a frame's overhead.
         self.size = len(html) + FRAME_OVERHEAD
         self._plain: bytes | None = None
@@ -64,7 +78,7 @@ class Message:
 
     @classmethod
     def from_payload(cls, channel: bytes, label: str, payload: bytes) -> Message:
-        """Split what the publisher sent (``b"<id> <html>"``) into a message.
+        """Split what the publisher sent (``b"<id> <html>"``, ``b"<id>;x=<sid> <html>"``).
 
         :param channel: the pub/sub channel.
         :param label: the channel's label.
@@ -72,8 +86,11 @@ class Message:
         """
         head, sep, html = payload.partition(b" ")
         if sep and head[:1].isdigit():
+            head, mark, exclude = head.partition(EXCLUDE_MARK)
             try:
-                return cls(channel, label, head.decode("ascii"), html)
+                if mark and not exclude:
+                    raise ValueError("an exclusion without a session id")
+                return cls(channel, label, head.decode("ascii"), html, exclude=exclude or None)
             except (ValueError, UnicodeDecodeError):
                 pass
         # Published by something other than turbocast's Publisher: no id, no history.

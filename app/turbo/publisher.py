@@ -8,6 +8,14 @@ history (bounded by count and age) and publishes it with its id.
 A publish that loses its connection is retried once. Each publish carries a
 random token of its own, stored with its history entry, so a retry whose first
 attempt did reach Redis (only the reply was lost) finds it and sends nothing twice.
+
+A :class:`Batch` (``with publisher.batch() as batch:``) sends many messages in
+one round trip: each still gets its own id and history entry, in the order given,
+and its own token, so a retried batch sends none of them twice.
+
+Any push can leave out one browser session (``exclude=session_id``): the
+originating tab that already rendered the change. The relay skips that
+session's sockets, live, in a replay and in a catch-up alike.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from types import TracebackType
 from typing import Any
 
 import redis
@@ -30,9 +39,10 @@ from .channels import (
     history_key,
     stream_channel,
     user_channel,
+    valid_session_id,
 )
-from .errors import MessageTooLargeError, PublishError
-from .history import History
+from .errors import InvalidChannelError, MessageTooLargeError, PublishError
+from .history import History, Publication
 from .settings import DEFAULTS, redis_url, setting
 from .streams import render_streams
 
@@ -125,56 +135,83 @@ class Publisher:
             history_seconds=float(setting(config, "TURBO_HISTORY_SECONDS")),
         )
 
-    def to_session(self, session_id: str, *streams: Any) -> int:
+    def to_session(self, session_id: str, *streams: Any, exclude: str | None = None) -> int:
         """Send streams to every socket of one browser session.
 
         :param session_id: the session's id (``session_id()`` in a view).
         :param streams: ``TurboStream`` objects (or ``Markup`` of turbo-stream elements),
             sent together as one message.
+        :param exclude: a session id whose sockets must not get it (see :meth:`publish`).
         :returns: how many web processes received it (0 when nobody listens).
         """
-        return self.publish(channel_for(session_id, self.prefix), *streams)
+        return self.publish(channel_for(session_id, self.prefix), *streams, exclude=exclude)
 
-    def to_user(self, user_id: str | int, *streams: Any) -> int:
+    def to_user(self, user_id: str | int, *streams: Any, exclude: str | None = None) -> int:
         """Send streams to every socket of every session of one user, on every web process.
 
         :param user_id: the user's id, as the app's user loader returns it.
         :param streams: ``TurboStream`` objects, sent together as one message.
+        :param exclude: a session id whose sockets must not get it (see :meth:`publish`).
         :returns: how many web processes received it.
         """
-        return self.publish(user_channel(user_id, self.prefix), *streams)
+        return self.publish(user_channel(user_id, self.prefix), *streams, exclude=exclude)
 
-    def to_stream(self, name: str, *streams: Any) -> int:
+    def to_stream(self, name: str, *streams: Any, exclude: str | None = None) -> int:
         """Send streams to every page that listens to a named stream.
 
         :param name: the stream's name, such as ``"board:42"``; pages ask for it with
             ``turbo_stream_source(streams=["board:42"])``.
         :param streams: ``TurboStream`` objects, sent together as one message.
+        :param exclude: a session id whose sockets must not get it (see :meth:`publish`).
         :returns: how many web processes received it.
         """
-        return self.publish(stream_channel(name, self.prefix), *streams)
+        return self.publish(stream_channel(name, self.prefix), *streams, exclude=exclude)
 
-    def to_all(self, *streams: Any) -> int:
+    def to_all(self, *streams: Any, exclude: str | None = None) -> int:
         """Send streams to every connected socket, everywhere.
 
         :param streams: ``TurboStream`` objects, sent together as one message.
+        :param exclude: a session id whose sockets must not get it (see :meth:`publish`).
         :returns: how many web processes received it.
         """
-        return self.publish(broadcast_channel(self.prefix), *streams)
+        return self.publish(broadcast_channel(self.prefix), *streams, exclude=exclude)
 
-    def publish(self, channel: str, *streams: Any) -> int:
+    def publish(self, channel: str, *streams: Any, exclude: str | None = None) -> int:
         """Send streams on a channel built by :mod:`turbocast.channels`.
 
         :param channel: the channel name.
         :param streams: ``TurboStream`` objects, sent together as one message.
+        :param exclude: a browser session's id (``session_id()``) whose sockets must not
+            get this message, say the tab that made the change and rendered it already.
+            It travels with the message, and with its history entry: a replay or a
+            catch-up to that session skips it too. ``None``: everyone on the channel.
         :raises MessageTooLargeError: when the message exceeds ``max_message_bytes``.
+        :raises InvalidChannelError: when ``exclude`` is not a session id.
         :raises PublishError: when Redis refused it, or could not be reached twice.
         :returns: how many web processes received it. When the first attempt's reply was
             lost but the message had landed, the retry does not send it again and returns
             how many are subscribed to the channel now.
         """
+        excluded = check_exclude(exclude)
         payload = self.encode(*streams)
-        return self._publish(channel, payload)
+        return self._publish(channel, payload, excluded)
+
+    def batch(self) -> Batch:
+        """Collect messages to send together, in one Redis round trip, when the block ends.
+
+        ::
+
+            with publisher.batch() as batch:
+                for sid in session_ids:
+                    batch.to_session(sid, TurboStream.update("count", str(n)))
+            batch.receivers   # how many web processes got each message, in order
+
+        Each call checks its message at once (size, channel, ``exclude``) and raises
+        there, so a batch with a bad message sends nothing; an exception that leaves
+        the block sends nothing either. See :class:`Batch` for what a failure of Redis
+        means.
+        """
+        return Batch(self)
 
     def encode(self, *streams: Any) -> bytes:
         """Render streams into the bytes of one message, checking its size.
@@ -190,12 +227,12 @@ class Publisher:
             )
         return payload
 
-    def _publish(self, channel: str, payload: bytes) -> int:
+    def _publish(self, channel: str, payload: bytes, exclude: str | None = None) -> int:
         key = history_key(channel, self.prefix)
         token = os.urandom(16)
         started_ms = int(time.time() * 1000)
         try:
-            return self.history.publish(key, channel, payload, token=token)[1]
+            return self.history.publish(key, channel, payload, token=token, exclude=exclude)[1]
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # A dropped connection or a Redis restart: one more try on a fresh connection.
             logger.warning(
@@ -207,10 +244,49 @@ class Publisher:
         try:
             # Only the retry looks for the first attempt's entry: it may have landed.
             return self.history.publish(
-                key, channel, payload, token=token, retry_from_ms=started_ms - _RETRY_SLACK_MS
+                key,
+                channel,
+                payload,
+                token=token,
+                retry_from_ms=started_ms - _RETRY_SLACK_MS,
+                exclude=exclude,
             )[1]
         except redis.RedisError as exc:
             raise self._failed(channel, exc) from exc
+
+    def _publish_many(self, publications: list[Publication]) -> list[int]:
+        started_ms = int(time.time() * 1000)
+        try:
+            return [n for _, n in self.history.publish_many(publications)]
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            logger.warning(
+                "batch publish failed, retrying once",
+                extra={"turbo_messages": len(publications), "turbo_error": repr(exc)},
+            )
+        except redis.RedisError as exc:
+            raise self._batch_failed(publications, exc) from exc
+        try:
+            # Redis ran a prefix of the batch, perhaps all of it: the retry finds those
+            # by their tokens and sends only the rest, still in order.
+            retried = self.history.publish_many(
+                publications, retry_from_ms=started_ms - _RETRY_SLACK_MS
+            )
+            return [n for _, n in retried]
+        except redis.RedisError as exc:
+            raise self._batch_failed(publications, exc) from exc
+
+    @staticmethod
+    def _batch_failed(publications: list[Publication], exc: redis.RedisError) -> PublishError:
+        logger.error(
+            "batch publish failed",
+            extra={"turbo_messages": len(publications), "turbo_error": repr(exc)},
+        )
+        return PublishError(
+            f"Redis did not accept a batch of {len(publications)} messages: {exc} "
+            "(the messages before the one it refused were sent)"
+            if isinstance(exc, redis.ResponseError)
+            else f"Redis did not accept a batch of {len(publications)} messages: {exc}"
+        )
 
     @staticmethod
     def _failed(channel: str, exc: redis.RedisError) -> PublishError:
@@ -221,3 +297,127 @@ class Publisher:
         """Close the publisher's Redis connections."""
         self.history.close()
         self.client.close()
+
+
+def check_exclude(exclude: object) -> str | None:
+    """``exclude`` if it is a session id (or ``None``), else :class:`InvalidChannelError`.
+
+    :param exclude: what a caller passed as ``exclude=``.
+    """
+    if exclude is None or valid_session_id(exclude):
+        return exclude  # type: ignore[return-value]
+    raise InvalidChannelError(
+        f"exclude={exclude!r} is not a session id (16-128 characters of A-Z a-z 0-9 _ -): "
+        "pass session_id() of the browser session to leave out"
+    )
+
+
+class Batch:
+    """Messages to send together, in order, in one Redis round trip: :meth:`Publisher.batch`.
+
+    The calls mirror the publisher's (:meth:`to_session`, :meth:`to_user`,
+    :meth:`to_stream`, :meth:`to_all`, :meth:`publish`, each with ``exclude=``) and
+    check their message at once, raising there; nothing is sent until :meth:`send`,
+    which the ``with`` block calls when it ends without an exception.
+
+    Each message gets its own history id and entry, in the order added, and its own
+    token: the script of a single publish, run once per message and pipelined
+    (without a transaction, so another publisher's messages may fall between them,
+    and a socket may get a batch's first messages before Redis ran its last ones).
+
+    When Redis fails: if the connection breaks or times out, Redis ran the messages
+    before some point (perhaps all, perhaps none); the batch is retried once on a
+    fresh connection, and the retry finds each message that landed by its token and
+    sends only the rest, in order, so no message is delivered twice and none is lost.
+    Should the retry fail too, :class:`PublishError` is raised and the messages the
+    two attempts got through stay sent. If Redis refuses one message (a
+    ``ResponseError``, say a key of the wrong type), the others are sent and
+    :class:`PublishError` is raised after; there is no retry.
+
+    :param publisher: the publisher whose Redis and settings it uses.
+    """
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+        self._publications: list[Publication] = []
+        #: How many web processes got each message, in order, once sent.
+        self.receivers: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._publications)
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.send()
+
+    def publish(self, channel: str, *streams: Any, exclude: str | None = None) -> None:
+        """Add a message on a channel built by :mod:`turbocast.channels`.
+
+        :param channel: the channel name.
+        :param streams: ``TurboStream`` objects, sent together as one message.
+        :param exclude: a session id whose sockets must not get it.
+        :raises MessageTooLargeError: the message exceeds the size limit.
+        :raises InvalidChannelError: a channel outside the prefix, or a bad ``exclude``.
+        """
+        if self.receivers is not None:
+            raise PublishError("this batch was sent already: start another one")
+        publisher = self._publisher
+        excluded = check_exclude(exclude)
+        key = history_key(channel, publisher.prefix)
+        payload = publisher.encode(*streams)
+        self._publications.append(Publication(key, channel, payload, os.urandom(16), excluded))
+
+    def to_session(self, session_id: str, *streams: Any, exclude: str | None = None) -> None:
+        """Add a message for one browser session (see :meth:`Publisher.to_session`).
+
+        :param session_id: the session's id.
+        :param streams: ``TurboStream`` objects, sent together as one message.
+        :param exclude: a session id whose sockets must not get it.
+        """
+        self.publish(channel_for(session_id, self._publisher.prefix), *streams, exclude=exclude)
+
+    def to_user(self, user_id: str | int, *streams: Any, exclude: str | None = None) -> None:
+        """Add a message for every socket of one user (see :meth:`Publisher.to_user`).
+
+        :param user_id: the user's id.
+        :param streams: ``TurboStream`` objects, sent together as one message.
+        :param exclude: a session id whose sockets must not get it.
+        """
+        self.publish(user_channel(user_id, self._publisher.prefix), *streams, exclude=exclude)
+
+    def to_stream(self, name: str, *streams: Any, exclude: str | None = None) -> None:
+        """Add a message for every page of a named stream (see :meth:`Publisher.to_stream`).
+
+        :param name: the stream's name.
+        :param streams: ``TurboStream`` objects, sent together as one message.
+        :param exclude: a session id whose sockets must not get it.
+        """
+        self.publish(stream_channel(name, self._publisher.prefix), *streams, exclude=exclude)
+
+    def to_all(self, *streams: Any, exclude: str | None = None) -> None:
+        """Add a message for every socket (see :meth:`Publisher.to_all`).
+
+        :param streams: ``TurboStream`` objects, sent together as one message.
+        :param exclude: a session id whose sockets must not get it.
+        """
+        self.publish(broadcast_channel(self._publisher.prefix), *streams, exclude=exclude)
+
+    def send(self) -> list[int]:
+        """Send every message added, in one round trip (an empty batch sends nothing).
+
+        :raises PublishError: see the class's description.
+        :returns: how many web processes got each message, in order.
+        """
+        if self.receivers is not None:
+            raise PublishError("this batch was sent already: start another one")
+        publications, self._publications = self._publications, []
+        self.receivers = self._publisher._publish_many(publications) if publications else []
+        return self.receivers

@@ -44,17 +44,21 @@ CLOSE_GOING_AWAY = 1001
 
 
 class Subscription:
-    """What :meth:`Relay.attach` hands back: one socket's channels and outbox.
+    """What :meth:`Relay.attach` hands back: one socket's channels, outbox and session.
 
     ``ready`` is set once Redis has confirmed the subscription to every channel:
-    from then on, everything published on them reaches the outbox.
+    from then on, everything published on them reaches the outbox, except what
+    excludes ``session``.
     """
 
-    __slots__ = ("channels", "outbox", "ready")
+    __slots__ = ("channels", "outbox", "session", "ready")
 
-    def __init__(self, channels: tuple[bytes, ...], outbox: Outbox) -> None:
+    def __init__(
+        self, channels: tuple[bytes, ...], outbox: Outbox, session: bytes | None = None
+    ) -> None:
         self.channels = channels
         self.outbox = outbox
+        self.session = session
         self.ready = threading.Event()
 
 
@@ -109,6 +113,8 @@ class Relay:
         # channel -> outboxes; values are replaced, never mutated, so the listener
         # thread reads them without the lock.
         self._registry: dict[bytes, frozenset[Outbox]] = {}
+        # outbox -> its socket's session id, for messages that exclude a session.
+        self._sessions: dict[Outbox, bytes] = {}
         self._waiting: list[Subscription] = []
         self._started = False
         self._listener = Listener(
@@ -172,18 +178,25 @@ class Relay:
 
     # -- the registry (handler threads) ----------------------------------------
 
-    def attach(self, channels: Iterable[str], outbox: Outbox) -> Subscription:
+    def attach(
+        self, channels: Iterable[str], outbox: Outbox, session: str | None = None
+    ) -> Subscription:
         """Deliver what arrives on ``channels`` to ``outbox`` until :meth:`detach`.
 
         Wait for the subscription's ``ready`` before reading any history.
 
         :param channels: channel names from :mod:`turbocast.channels`.
         :param outbox: the socket's outbox.
+        :param session: the socket's browser session id: a message that excludes it
+            (``exclude=``) is not put into this outbox.
         """
-        sub = Subscription(tuple(dict.fromkeys(c.encode() for c in channels)), outbox)
+        sid = session.encode() if session is not None else None
+        sub = Subscription(tuple(dict.fromkeys(c.encode() for c in channels)), outbox, sid)
         with self._lock:
             for channel in sub.channels:
                 self._registry[channel] = self._registry.get(channel, frozenset()) | {outbox}
+            if sid is not None:
+                self._sessions[outbox] = sid
             self._waiting.append(sub)
         # Always through the listener, even for channels subscribed already: only it
         # knows whether an UNSUBSCRIBE of one of them is on its way.
@@ -199,6 +212,7 @@ class Relay:
         with self._lock:
             if sub in self._waiting:
                 self._waiting.remove(sub)
+            self._sessions.pop(sub.outbox, None)
             for channel in sub.channels:
                 remaining = self._registry.get(channel, frozenset()) - {sub.outbox}
                 if remaining:
@@ -255,6 +269,7 @@ class Relay:
     def deliver(self, message: Message) -> None:
         """Put a message into the outbox of every local socket on its channel.
 
+        A message that excludes a session skips the outboxes of that session's sockets.
         An outbox that passes its bound closes itself (4001) and takes no more.
 
         :param message: the message, shared by every socket it goes to.
@@ -262,8 +277,15 @@ class Relay:
         outboxes = self._registry.get(message.channel)
         if not outboxes:
             return  # a socket left between UNSUBSCRIBE and this message
-        for outbox in outboxes:
-            outbox.put(message)
+        excluded = message.exclude
+        if excluded is None:
+            for outbox in outboxes:
+                outbox.put(message)
+        else:
+            sessions = self._sessions
+            for outbox in outboxes:
+                if sessions.get(outbox) != excluded:
+                    outbox.put(message)
         self.delivered += 1
 
 

@@ -36,18 +36,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from flask import current_app, render_template
+from flask import current_app
 from markupsafe import Markup
 
 from .channels import broadcast_channel, channel_for
 from .errors import (
     CeleryNotConfiguredError,
-    InvalidStreamError,
     MessageTooLargeError,
     PublishError,
 )
 from .extension import TurboState, _state
-from .streams import TurboStream
+from .publisher import check_exclude
+from .rendering import build_stream, render_stream
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -64,20 +64,6 @@ else:
 TASK_NAME = "turbocast.publish_template"
 
 
-def _build(
-    action: str,
-    target: str | None,
-    targets: str | None,
-    method: str | None,
-    content: Markup,
-) -> TurboStream:
-    stream = TurboStream(content).action(action)
-    stream = stream.targets(targets) if targets is not None else stream.target(target or "")
-    if method is not None:
-        stream = stream.method(method)
-    return stream
-
-
 def _publish_template(
     channel: str,
     action: str,
@@ -86,6 +72,7 @@ def _publish_template(
     method: str | None,
     template: str,
     context: dict[str, Any],
+    exclude: str | None = None,
 ) -> int:
     """Render ``template`` into a stream and publish it on ``channel`` (runs in a worker).
 
@@ -96,10 +83,11 @@ def _publish_template(
     :param method: ``"morph"`` or ``None``.
     :param template: the Jinja2 template that renders the content.
     :param context: the template's variables.
+    :param exclude: a session id whose sockets must not get it.
     """
-    html = Markup(render_template(template, **context))  # noqa: S704 - Jinja2 autoescapes
-    stream = _build(action, target, targets, method, html)
-    return _state().publisher.publish(channel, stream)
+    stream = render_stream(action, target, template=template, targets=targets, method=method,
+                           **context)  # fmt: skip
+    return _state().publisher.publish(channel, stream, exclude=exclude)
 
 
 if _celery_missing is None:
@@ -152,6 +140,7 @@ def enqueue(
     method: str | None,
     template: str,
     context: dict[str, Any],
+    exclude: str | None = None,
 ) -> AsyncResult:
     """Check a stream in the caller, then enqueue it for a worker to render and publish.
 
@@ -165,20 +154,23 @@ def enqueue(
     :param method: ``"morph"`` or ``None``.
     :param template: the Jinja2 template that renders the content, in the worker.
     :param context: the template's variables (JSON values).
+    :param exclude: a session id whose sockets must not get it.
     :raises ModuleNotFoundError: Celery is not installed (``turbocast[celery]``).
     :raises CeleryNotConfiguredError: no Celery app to enqueue on.
-    :raises InvalidChannelError: an id or a name that cannot name a channel.
+    :raises InvalidChannelError: an id or a name that cannot name a channel, or an
+        ``exclude`` that is not a session id.
     :raises InvalidStreamError: a bad action, target or method.
     """
     _require_celery()
     state = _state()
     celery_app = celery_app_of(state)
     channel = channel_of(str(state.config["TURBO_CHANNEL_PREFIX"]))
-    if (target is None) == (targets is None):
-        raise InvalidStreamError("pass exactly one of target and targets")
+    check_exclude(exclude)
     # Refuse a bad action, target or method now, in the view, not later in a worker.
-    _build(action, target, targets, method, Markup("")).render()
-    args = [channel, action, target, targets, method, template, context]
+    build_stream(action, target, targets, method, Markup("")).render()
+    args: list[Any] = [channel, action, target, targets, method, template, context]
+    if exclude is not None:
+        args.append(exclude)  # (only then: a worker of an older release takes seven)
     return celery_app.send_task(TASK_NAME, args=args)
 
 
@@ -190,6 +182,7 @@ def send_later(
     template: str,
     targets: str | None = None,
     method: str | None = None,
+    exclude: str | None = None,
     **context: Any,
 ) -> AsyncResult:
     """Have a worker render ``template`` and send it to one session; returns at once.
@@ -205,6 +198,7 @@ def send_later(
     :param template: the Jinja2 template that renders the content.
     :param targets: a CSS selector instead of ``target``.
     :param method: ``"morph"`` for replace and update.
+    :param exclude: a session id whose sockets must not get it.
     :param context: the template's variables (JSON values: ids, not objects).
     :raises CeleryNotConfiguredError: no Celery app to enqueue on.
     :raises InvalidChannelError: a malformed session id.
@@ -215,7 +209,7 @@ def send_later(
     def channel(prefix: str) -> str:
         return channel_for(session_id, prefix)
 
-    return enqueue(channel, action, target, targets, method, template, context)
+    return enqueue(channel, action, target, targets, method, template, context, exclude)
 
 
 def broadcast_later(
@@ -225,6 +219,7 @@ def broadcast_later(
     template: str,
     targets: str | None = None,
     method: str | None = None,
+    exclude: str | None = None,
     **context: Any,
 ) -> AsyncResult:
     """Have a worker render ``template`` and send it to every socket; returns at once.
@@ -236,9 +231,10 @@ def broadcast_later(
     :param template: the Jinja2 template that renders the content.
     :param targets: a CSS selector instead of ``target``.
     :param method: ``"morph"`` for replace and update.
+    :param exclude: a session id whose sockets must not get it.
     :param context: the template's variables (JSON values).
     :raises CeleryNotConfiguredError: no Celery app to enqueue on.
     :raises InvalidStreamError: a bad action, target or method.
     :raises ModuleNotFoundError: Celery is not installed (``turbocast[celery]``).
     """
-    return enqueue(broadcast_channel, action, target, targets, method, template, context)
+    return enqueue(broadcast_channel, action, target, targets, method, template, context, exclude)

@@ -41,7 +41,7 @@ def test_from_start_after_more_than_the_history_holds_is_a_gap(history, key, cha
     entries, gap = history.since(key, START)
 
     assert gap is True
-    assert [i for i, _ in entries] == ids[-MAXLEN:]
+    assert [i for i, *_ in entries] == ids[-MAXLEN:]
 
 
 def test_from_start_within_what_the_history_holds_is_no_gap(history, key, channel):
@@ -49,7 +49,7 @@ def test_from_start_within_what_the_history_holds_is_no_gap(history, key, channe
 
     entries, gap = history.since(key, START)
 
-    assert (gap, [i for i, _ in entries]) == (False, ids)
+    assert (gap, [i for i, *_ in entries]) == (False, ids)
 
 
 def test_from_start_on_an_untouched_channel_is_nothing_and_no_gap(history, key):
@@ -62,7 +62,7 @@ def test_a_reader_within_the_bound_gets_the_rest_and_no_gap(history, key, channe
 
     entries, gap = history.since(key, ids[2])
 
-    assert (gap, [i for i, _ in entries]) == (False, ids[3:])
+    assert (gap, [i for i, *_ in entries]) == (False, ids[3:])
 
 
 def test_a_reader_whose_own_entry_was_trimmed_gets_a_gap_to_be_safe(history, key, channel):
@@ -73,7 +73,7 @@ def test_a_reader_whose_own_entry_was_trimmed_gets_a_gap_to_be_safe(history, key
 
     entries, gap = history.since(key, mine)
 
-    assert (gap, [i for i, _ in entries]) == (True, after)
+    assert (gap, [i for i, *_ in entries]) == (True, after)
 
 
 def test_a_reader_at_the_oldest_entry_kept_gets_the_rest_and_no_gap(history, key, channel):
@@ -81,7 +81,7 @@ def test_a_reader_at_the_oldest_entry_kept_gets_the_rest_and_no_gap(history, key
 
     entries, gap = history.since(key, ids[3])
 
-    assert (gap, [i for i, _ in entries]) == (False, ids[4:])
+    assert (gap, [i for i, *_ in entries]) == (False, ids[4:])
 
 
 def test_a_reader_before_an_entry_deleted_by_hand_gets_a_gap(history, key, channel, redis_client):
@@ -90,7 +90,7 @@ def test_a_reader_before_an_entry_deleted_by_hand_gets_a_gap(history, key, chann
 
     entries, gap = history.since(key, ids[1])
 
-    assert (gap, [i for i, _ in entries]) == (True, [ids[2], ids[4]])
+    assert (gap, [i for i, *_ in entries]) == (True, [ids[2], ids[4]])
 
 
 def test_a_reader_behind_what_was_trimmed_gets_a_gap(history, key, channel):
@@ -99,7 +99,7 @@ def test_a_reader_behind_what_was_trimmed_gets_a_gap(history, key, channel):
 
     entries, gap = history.since(key, mine)
 
-    assert (gap, [i for i, _ in entries]) == (True, after[1:])
+    assert (gap, [i for i, *_ in entries]) == (True, after[1:])
 
 
 def test_a_real_position_in_an_absent_history_is_a_gap(history, key, channel, redis_client):
@@ -116,4 +116,4 @@ def test_a_real_position_in_a_history_begun_afresh_is_a_gap(history, key, channe
 
     entries, gap = history.since(key, mine)
 
-    assert (gap, [i for i, _ in entries]) == (True, [fresh])
+    assert (gap, [i for i, *_ in entries]) == (True, [fresh])

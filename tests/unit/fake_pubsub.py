@@ -17,6 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -196,25 +197,29 @@ class FakeRegistry:
 class FakeHistory:
     """Answers ``since(key, position)`` from a table; records every call.
 
-    :param answers: ``{history key: (entries, gap)}``; other keys have nothing.
+    :param answers: ``{history key: (entries, gap)}``; other keys have nothing. An entry
+        is ``(id, html)``, or ``(id, html, excluded session)`` as History returns it.
     :param fail: the exception to raise for a call (given the key), or ``None``: answer.
     :param on_call: called at each call (to note what the test wants to know then).
     """
 
     def __init__(
         self,
-        answers: dict[str, tuple[list[tuple[str, bytes]], bool]] | None = None,
+        answers: dict[str, tuple[list[tuple[Any, ...]], bool]] | None = None,
         *,
         fail: Callable[[str], BaseException | None] = lambda key: None,
         on_call: Callable[[], object] = lambda: None,
     ) -> None:
-        self.answers = answers or {}
+        self.answers = {
+            key: ([(*e, None) if len(e) == 2 else e for e in entries], gap)
+            for key, (entries, gap) in (answers or {}).items()
+        }
         self.fail = fail
         self.on_call = on_call
         self.calls: list[tuple[str, str]] = []
         self.snapshot_failures = 0
 
-    def since(self, key: str, position: str) -> tuple[list[tuple[str, bytes]], bool]:
+    def since(self, key: str, position: str) -> tuple[list[tuple[Any, ...]], bool]:
         self.calls.append((key, position))
         self.on_call()
         error = self.fail(key)
@@ -222,9 +227,7 @@ class FakeHistory:
             raise error
         return self.answers.get(key, ([], False))
 
-    def since_many(
-        self, reads: list[tuple[str, str]]
-    ) -> list[tuple[list[tuple[str, bytes]], bool]]:
+    def since_many(self, reads: list[tuple[str, str]]) -> list[tuple[list[tuple[Any, ...]], bool]]:
         # One snapshot, as Redis reads it: a failing key fails the whole read.
         results = []
         for key, position in reads:

@@ -138,7 +138,7 @@ def test_publish_runs_the_script_once_with_keys_payload_limits_channel_and_a_tok
     [(keys, args)] = client.script_calls
     # The history and the clock that orders ids across channels: every key it touches.
     assert keys == [KEY, "turbo:clock"]
-    payload, maxlen, max_age_ms, channel, token, retry_from = args
+    payload, maxlen, max_age_ms, channel, token, retry_from, exclude = args
     assert (payload, maxlen, max_age_ms, channel) == (
         b"<turbo-stream></turbo-stream>",
         50,
@@ -147,6 +147,7 @@ def test_publish_runs_the_script_once_with_keys_payload_limits_channel_and_a_tok
     )
     assert isinstance(token, bytes) and len(token) == 16
     assert retry_from == ""  # a first attempt: no lookup
+    assert exclude == ""  # nobody left out
     script = client.scripts[0]
     assert "XADD" in script and "PUBLISH" in script and "KEYS[2]" in script
 
@@ -171,7 +172,7 @@ def test_a_retry_passes_the_first_attempts_token_and_where_to_look_from(client, 
     history.publish(KEY, "turbo:broadcast", b"x", token=b"t" * 16, retry_from_ms=1700000000000)
 
     [(_, args)] = client.script_calls
-    assert args[4:] == [b"t" * 16, "1700000000000"]
+    assert args[4:] == [b"t" * 16, "1700000000000", ""]
 
 
 def test_a_retry_without_the_first_attempts_token_is_refused(client, history):
@@ -223,7 +224,10 @@ def test_since_returns_the_entries_after_the_position_oldest_first(client, histo
 
     entries, gap = history.since(KEY, "1700-2")
 
-    assert entries == [("1700-10", payload_of("1700-10")), ("1701-0", payload_of("1701-0"))]
+    assert entries == [
+        ("1700-10", payload_of("1700-10"), None),
+        ("1701-0", payload_of("1701-0"), None),
+    ]
     assert gap is False
 
 
@@ -238,7 +242,7 @@ def test_since_start_returns_the_whole_history_when_nothing_was_deleted(client, 
 
     entries, gap = history.since(KEY, START)
 
-    assert [i for i, _ in entries] == ["1700-5", "1701-0"]
+    assert [i for i, *_ in entries] == ["1700-5", "1701-0"]
     assert gap is False
 
 
@@ -249,7 +253,7 @@ def test_since_start_after_entries_were_trimmed_is_a_gap_with_what_is_left(clien
 
     entries, gap = history.since(KEY, START)
 
-    assert [i for i, _ in entries] == ["1700-5", "1701-0"]
+    assert [i for i, *_ in entries] == ["1700-5", "1701-0"]
     assert gap is True
 
 
@@ -263,7 +267,7 @@ def test_since_a_trimmed_position_reports_a_gap_with_what_is_left(client, histor
 
     entries, gap = history.since(KEY, "1700-1")
 
-    assert [i for i, _ in entries] == ["1700-5", "1701-0"]
+    assert [i for i, *_ in entries] == ["1700-5", "1701-0"]
     assert gap is True
 
 
@@ -279,7 +283,7 @@ def test_since_a_position_after_what_was_trimmed_is_no_gap(client, history):
     client.add(KEY, "1700-0", "1700-1", "1700-5", "1701-0")
     client.trim(KEY, 1)
 
-    assert history.since(KEY, "1700-5") == ([("1701-0", payload_of("1701-0"))], False)
+    assert history.since(KEY, "1700-5") == ([("1701-0", payload_of("1701-0"), None)], False)
 
 
 def test_since_a_position_before_an_entry_deleted_by_hand_is_a_gap(client, history):
@@ -288,7 +292,7 @@ def test_since_a_position_before_an_entry_deleted_by_hand_is_a_gap(client, histo
 
     entries, gap = history.since(KEY, "1700-1")
 
-    assert [i for i, _ in entries] == ["1701-0"]
+    assert [i for i, *_ in entries] == ["1701-0"]
     assert gap is True
 
 
@@ -296,7 +300,7 @@ def test_since_a_position_after_an_entry_deleted_by_hand_is_no_gap(client, histo
     client.add(KEY, "1700-0", "1700-1", "1700-5", "1701-0")
     client.xdel(KEY, "1700-1")
 
-    assert history.since(KEY, "1700-5") == ([("1701-0", payload_of("1701-0"))], False)
+    assert history.since(KEY, "1700-5") == ([("1701-0", payload_of("1701-0"), None)], False)
 
 
 def test_since_a_position_in_an_absent_history_is_a_gap(history):
@@ -311,7 +315,7 @@ def test_since_a_position_in_a_history_made_afresh_since_is_a_gap(client, histor
     client.drop(KEY)
     client.add(KEY, "1900-0")
 
-    assert history.since(KEY, "1700-1") == ([("1900-0", payload_of("1900-0"))], True)
+    assert history.since(KEY, "1700-1") == ([("1900-0", payload_of("1900-0"), None)], True)
 
 
 def test_since_start_in_a_history_made_afresh_is_no_gap(client, history):
@@ -320,7 +324,7 @@ def test_since_start_in_a_history_made_afresh_is_no_gap(client, history):
     client.drop(KEY)
     client.add(KEY, "1900-0")
 
-    assert history.since(KEY, START) == ([("1900-0", payload_of("1900-0"))], False)
+    assert history.since(KEY, START) == ([("1900-0", payload_of("1900-0"), None)], False)
 
 
 @pytest.mark.parametrize(
@@ -355,7 +359,7 @@ def test_since_normalizes_a_position_without_a_sequence(client, history):
 
     entries, gap = history.since(KEY, "1700")
 
-    assert [i for i, _ in entries] == ["1700-1"]
+    assert [i for i, *_ in entries] == ["1700-1"]
     assert gap is False
 
 
@@ -372,4 +376,4 @@ def test_since_reads_only_its_own_channel(client, history):
     client.add(OTHER, "1700-1", "1700-2")
     client.trim(OTHER, 1)
 
-    assert history.since(KEY, START) == ([("1700-0", payload_of("1700-0"))], False)
+    assert history.since(KEY, START) == ([("1700-0", payload_of("1700-0"), None)], False)

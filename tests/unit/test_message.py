@@ -139,3 +139,41 @@ def test_cursor_always_admits_messages_without_an_id_and_they_do_not_move_it():
     assert cursor.admit(message(message_id=None)) is True
     assert cursor.admit(message(message_id=None)) is True
     assert cursor.marks == {NEWS: (1700, 5)}
+
+
+# -- exclusion -----------------------------------------------------------------------------
+
+OTHER = b"Zyxwvutsrqponmlkjihg"
+
+
+def test_from_payload_reads_the_session_a_message_excludes():
+    m = Message.from_payload(NEWS, "b", b"1700000000000-3;x=" + OTHER + b" " + HTML)
+
+    assert (m.id, m.key, m.exclude, m.html) == ("1700000000000-3", (1700000000000, 3), OTHER, HTML)
+
+
+def test_from_payload_of_the_old_format_excludes_nobody():
+    m = Message.from_payload(NEWS, "b", b"1700000000000-3 " + HTML)
+
+    assert (m.id, m.exclude, m.html) == ("1700000000000-3", None, HTML)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"1700-0;x= <p>no session after the mark</p>",
+        b"1700-0;y=abc <p>another mark</p>",
+        b"1700-x;x=abcdefghijklmnop <p>not an id</p>",
+    ],
+)
+def test_from_payload_with_a_malformed_head_keeps_the_whole_payload_as_html(payload):
+    m = Message.from_payload(NEWS, "b", payload)
+
+    assert (m.id, m.exclude, m.html) == (None, None, payload)
+
+
+def test_an_excluding_message_looks_the_same_on_the_wire():
+    m = Message.from_payload(NEWS, "b", b"1700-0;x=" + OTHER + b" " + HTML)
+
+    assert m.plain_frame == encode_text_frame(HTML)
+    assert m.tagged_frame == encode_text_frame(b"m b 1700-0\n" + HTML)

@@ -9,7 +9,12 @@ import pytest
 import redis
 from markupsafe import Markup
 
-from turbocast.errors import InvalidStreamError, MessageTooLargeError, PublishError
+from turbocast.errors import (
+    InvalidChannelError,
+    InvalidStreamError,
+    MessageTooLargeError,
+    PublishError,
+)
 from turbocast.publisher import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, Publisher
 from turbocast.streams import TurboStream
 
@@ -332,3 +337,100 @@ def test_each_message_goes_to_its_channel_history_in_the_same_call(publisher, cl
     publisher.to_all(TurboStream.remove("x"))
     assert client.history_keys == ["turbo:history:session:" + "A" * 32, "turbo:history:broadcast"]
     assert "XADD" in client.script and "PUBLISH" in client.script
+
+
+# -- exclude= ------------------------------------------------------------------------------
+
+OTHER_SID = "ZYXWVUTSRQPONMLKJIHGFEDCBA012345"
+
+
+@pytest.mark.parametrize("call", ["to_session", "to_user", "to_stream", "to_all", "publish"])
+def test_every_push_takes_exclude_and_hands_it_to_the_script(publisher, client, call):
+    audience = {
+        "to_session": (SID,),
+        "to_user": (42,),
+        "to_stream": ("board:1",),
+        "to_all": (),
+        "publish": ("turbo:broadcast",),
+    }[call]
+
+    getattr(publisher, call)(*audience, stream(), exclude=OTHER_SID)
+
+    [(_, args)] = client.calls
+    assert args[6] == OTHER_SID  # ARGV[7]: the session the script writes into the head
+
+
+def test_without_exclude_the_script_excludes_nobody(publisher, client):
+    publisher.to_all(stream())
+
+    [(_, args)] = client.calls
+    assert args[6] == ""
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "short", "has space in it!!!!!", "x" * 129, 1234567890123456789, b"a" * 20]
+)
+def test_a_malformed_exclude_is_refused_before_anything_is_sent(publisher, client, bad):
+    with pytest.raises(InvalidChannelError, match="exclude=.* is not a session id"):
+        publisher.to_all(stream(), exclude=bad)
+
+    assert client.calls == []
+
+
+# -- batches -------------------------------------------------------------------------------
+
+
+def test_a_batch_checks_each_message_when_it_is_added_and_sends_nothing_on_a_bad_one(
+    publisher, client
+):
+    # (FakeClient has no pipeline: sending anything here would fail the test.)
+    with pytest.raises(InvalidChannelError):
+        with publisher.batch() as batch:
+            batch.to_session(SID, stream())
+            batch.to_stream("board:1", stream(), exclude=OTHER_SID)
+            batch.to_session("not-a-session", stream())
+
+    assert len(batch) == 2
+    assert batch.receivers is None
+    assert client.calls == []
+
+
+@pytest.mark.parametrize(
+    ("add", "error"),
+    [
+        (lambda b: b.to_all(Markup("x" * 70)), MessageTooLargeError),
+        (lambda b: b.publish("other:broadcast", stream()), InvalidChannelError),
+        (lambda b: b.to_user("no spaces allowed", stream()), InvalidChannelError),
+        (lambda b: b.to_all(stream(), exclude="nope"), InvalidChannelError),
+    ],
+)
+def test_a_batch_refuses_a_bad_message_at_once(client, add, error):
+    publisher = Publisher(client=client, max_message_bytes=64)  # type: ignore[arg-type]
+    batch = publisher.batch()
+
+    with pytest.raises(error):
+        add(batch)
+
+    assert len(batch) == 0
+
+
+def test_an_exception_inside_the_block_sends_nothing(publisher, client):
+    with pytest.raises(RuntimeError):
+        with publisher.batch() as batch:
+            batch.to_all(stream())
+            raise RuntimeError("the view failed")
+
+    assert batch.receivers is None
+    assert client.calls == []
+
+
+def test_an_empty_batch_sends_nothing_and_a_sent_batch_takes_no_more(publisher, client):
+    with publisher.batch() as batch:
+        pass
+
+    assert batch.receivers == []
+    with pytest.raises(PublishError, match="sent already"):
+        batch.to_all(stream())
+    with pytest.raises(PublishError, match="sent already"):
+        batch.send()
+    assert client.calls == []

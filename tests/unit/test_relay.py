@@ -34,6 +34,7 @@ from tests.unit.fake_pubsub import (
     tid,
 )
 from turbocast.message import Message
+from turbocast.subscriber import MESSAGE
 from turbocast.outbox import CLOSE_OUTBOX_OVERFLOW, HEARTBEAT, Outbox, encode_text_frame
 from turbocast.relay import CLOSE_GOING_AWAY, Relay, Subscription, close_all_sockets
 
@@ -610,3 +611,49 @@ def test_nothing_published_after_ready_is_missed_or_doubled_while_sockets_come_a
         # Delivery keeps publish order: no hole between ready and the last one that came.
         missing = set(range(first, numbers[-1])) - set(numbers)
         assert not missing, f"published after ready but never delivered: {sorted(missing)}"
+
+
+# -- exclusion -----------------------------------------------------------------------------
+
+SID_A = "sessionAsessionAsessionA"
+SID_B = "sessionBsessionBsessionB"
+
+
+def test_deliver_skips_every_socket_of_the_excluded_session_and_no_other():
+    relay, _, _ = make_relay()
+    a_tab1, a_tab2, b_tab, anonymous = Outbox(BIG), Outbox(BIG), Outbox(BIG), Outbox(BIG)
+    relay.attach([NEWS], a_tab1, SID_A)
+    relay.attach([NEWS], a_tab2, SID_A)
+    relay.attach([NEWS], b_tab, SID_B)
+    relay.attach([NEWS], anonymous)
+
+    relay.deliver(Message(b(NEWS), "b", tid(1), b"<p>", exclude=SID_A.encode()))
+    relay.deliver(Message(b(NEWS), "b", tid(2), b"<p>"))
+
+    assert ids_of(a_tab1) == ids_of(a_tab2) == [tid(2)]
+    assert ids_of(b_tab) == ids_of(anonymous) == [tid(1), tid(2)]
+
+
+def test_an_excluding_message_from_redis_skips_that_session():
+    # The publisher's head "<id>;x=<session id>", as Redis hands it over.
+    pubsub = FakePubSub(
+        (MESSAGE, b(NEWS), f"{tid(1)};x={SID_A} <p>".encode()),
+        published(NEWS, tid(2), b"<q>"),
+    )
+    relay, _, _ = make_relay(pubsub)
+    mine, theirs = Outbox(BIG), Outbox(BIG)
+    relay.attach([NEWS], mine, SID_A)
+    relay.attach([NEWS], theirs, SID_B)
+
+    run_until_done(relay)
+
+    assert ids_of(mine) == [tid(2)]
+    assert ids_of(theirs) == [tid(1), tid(2)]
+
+
+def test_a_detached_socket_forgets_its_session():
+    relay, _, _ = make_relay()
+    outbox = Outbox(BIG)
+    relay.detach(relay.attach([NEWS], outbox, SID_A))
+
+    assert relay._sessions == {}

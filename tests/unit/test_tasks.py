@@ -87,9 +87,9 @@ def flask_app(celery: Celery | None = None, **config: Any) -> tuple[Flask, Turbo
     return app, turbo
 
 
-def later_calls(turbo: Turbo) -> dict[str, Any]:
+def later_calls(turbo: Turbo, **extra: Any) -> dict[str, Any]:
     """Every ``*_later`` call, each with a valid audience, and the channel it must name."""
-    kwargs = {"template": "t.html", "text": "hi"}
+    kwargs = {"template": "t.html", "text": "hi", **extra}
     return {
         "to_session_later": (
             lambda: turbo.to_session_later(SID, "append", "x", **kwargs),
@@ -241,6 +241,27 @@ def test_a_bad_stream_is_refused_before_enqueueing(action, target, kwargs, worke
                 call(SID, action, target, template="t.html", **kwargs)
         with pytest.raises(InvalidStreamError):
             turbo.to_all_later(action, target, template="t.html", **kwargs)
+    assert enqueued(worker_app) == []
+
+
+@pytest.mark.parametrize("call", CALLS)
+def test_exclude_travels_to_the_worker_as_the_eighth_argument(call, worker_app, trap):
+    app, turbo = flask_app(worker_app, TURBO_CHANNEL_PREFIX="shop")
+    enqueue, channel = later_calls(turbo, exclude="B" * 32)[call]
+    with app.app_context():
+        enqueue()
+
+    assert enqueued(worker_app) == [
+        (TASK_NAME, [channel, "append", "x", None, None, "t.html", {"text": "hi"}, "B" * 32])
+    ]
+
+
+@pytest.mark.parametrize("call", CALLS)
+def test_a_malformed_exclude_is_refused_before_enqueueing(call, worker_app, trap):
+    app, turbo = flask_app(worker_app)
+    enqueue, _ = later_calls(turbo, exclude="not a session")[call]
+    with app.app_context(), pytest.raises(InvalidChannelError, match="exclude="):
+        enqueue()
     assert enqueued(worker_app) == []
 
 

@@ -3,7 +3,9 @@
     python -m bench.publish KIND REDIS_URL SPEC_JSON
 
 SPEC: {"sids": [...], "count": N, "rate": msgs/s or 0 for as fast as possible,
-"broadcast": bool, "spacing": seconds between broadcasts}. Prints a JSON summary.
+"broadcast": bool, "spacing": seconds between broadcasts, "batch": N to send
+targeted messages N at a time with turbocast's ``Publisher.batch()`` (only with
+rate 0)}. Prints a JSON summary.
 """
 
 from __future__ import annotations
@@ -53,8 +55,30 @@ def sender(
     raise SystemExit(f"unknown kind {kind}")
 
 
+def batched(redis_url: str, sids: list[str], count: int, size: int) -> dict[str, float]:
+    """Send ``count`` targeted messages ``size`` at a time, each batch one round trip."""
+    from markupsafe import Markup
+
+    from turbocast import Publisher
+
+    publisher = Publisher(redis_url)
+    start = time.monotonic()
+    for first in range(0, count, size):
+        with publisher.batch() as batch:
+            for n in range(first, min(first + size, count)):
+                batch.to_session(sids[n % len(sids)], Markup(message_html(n)))  # noqa: S704
+    elapsed = time.monotonic() - start
+    return {"sent": count, "seconds": elapsed, "rate": count / elapsed if elapsed else 0}
+
+
 def main() -> None:
     kind, redis_url, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    size = int(spec.get("batch") or 0)
+    if size:
+        if kind != "turbocast" or spec.get("rate") or spec.get("broadcast"):
+            raise SystemExit("batch: turbocast's targeted messages, as fast as it can, only")
+        print(json.dumps(batched(redis_url, spec["sids"], int(spec["count"]), size)))
+        return
     to_session, to_all = sender(kind, redis_url)
     sids, count, rate = spec.get("sids", []), int(spec["count"]), float(spec.get("rate", 0))
     deadline = time.monotonic() + float(spec.get("max_seconds", 120))

@@ -124,7 +124,10 @@ def table(runs: list[dict[str, Any]]) -> list[str]:
                 f"{fmt(get(r, workload, name).get('max_ms'), 1)}"
                 for r in runs
             )
+            label = name
             if workload == "W2":
+                size = get(runs[0], workload, name).get("batch")
+                label = f"{name} (batched, {size} per batch)" if size else name
                 other = f"delivered msgs/s {both(runs, workload, name, 'delivered_per_s', 0)}"
                 other += f"; publisher msgs/s {both(runs, workload, name, 'publisher_rate', 0)}"
             elif workload == "W3":
@@ -135,7 +138,7 @@ def table(runs: list[dict[str, Any]]) -> list[str]:
             else:
                 other = ""
             lines.append(
-                f"| {workload} | {name} | {both(runs, workload, name, 'cpu_us_per_msg')} | {lat} | "
+                f"| {workload} | {label} | {both(runs, workload, name, 'cpu_us_per_msg')} | {lat} | "
                 f"{other} | {both(runs, workload, name, 'loss', 0)} |"
             )
     lines += ["", "| W4 target | RSS at 0 / 1,000 / 3,000 idle sockets (KiB) | KiB per socket |",

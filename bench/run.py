@@ -48,6 +48,8 @@ class Target:
     command: Callable[[int, int], list[str]]  # (port, sockets) -> argv
     env: dict[str, str] = field(default_factory=dict)
     path: str = "/turbo-stream"
+    #: Publish targeted messages as fast as it can in batches of this many (0: one by one).
+    batch: int = 0
 
     def url(self, port: int) -> str:
         scheme = "http" if self.kind == "socketio" else "ws"
@@ -66,10 +68,19 @@ def gunicorn(app: str, worker: str, threads: int, hooks: bool = True) -> list[st
     return [*args, "--log-level", "warning", app]
 
 
+#: Messages per batch of the batched publisher (W2's turbocast-threads-batched).
+BATCH = 100
+
 TARGETS = {
     "turbocast-threads": Target(
         "turbocast-threads", "turbocast",
         lambda port, n: gunicorn("app:create_app()", "gthread", n + 64) + ["-b", f"127.0.0.1:{port}"],
+    ),
+    # The same server; its publisher sends W2's messages with Publisher.batch().
+    "turbocast-threads-batched": Target(
+        "turbocast-threads-batched", "turbocast",
+        lambda port, n: gunicorn("app:create_app()", "gthread", n + 64) + ["-b", f"127.0.0.1:{port}"],
+        batch=BATCH,
     ),
     "turbocast-gevent": Target(
         "turbocast-gevent", "turbocast",
@@ -281,7 +292,7 @@ def targeted(
                 target, servers, redis,
                 {"mode": "collect", "sids": sids, "expect": count,
                  "timeout": count / rate + 30 if rate else 120, "keep_latencies": keep},
-                {"sids": sids, "count": count, "rate": rate},
+                {"sids": sids, "count": count, "rate": rate, "batch": target.batch},
             )  # fmt: skip
         finally:
             servers.stop()
@@ -296,6 +307,8 @@ def w2(target: Target, quick: bool) -> dict[str, Any]:
     """W2 throughput: 20,000 targeted messages as fast as the publisher can (200 sockets)."""
     r = targeted(target, 1, 200, 5000 if quick else 20000, 0)
     r["delivered_per_s"] = r["received"] / r["seconds"] if r["seconds"] else None
+    if target.batch:
+        r["batch"] = target.batch
     return r
 
 
@@ -412,6 +425,8 @@ DEFAULT_TARGETS = ["turbocast-threads", "turbocast-gevent", "floor", "socketio-t
 WORKLOAD_TARGETS = {
     "W4": [*DEFAULT_TARGETS, "socketio-gevent"],
     "W6": ["turbocast-threads", "turbocast-gevent"],
+    # The batched publisher beside the one-by-one one.
+    "W2": ["turbocast-threads", "turbocast-threads-batched", *DEFAULT_TARGETS[1:]],
 }
 
 

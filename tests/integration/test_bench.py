@@ -44,3 +44,22 @@ def test_the_per_thread_cpu_tool_names_the_relay_and_the_writers():
     assert "200 of 200 messages" in out
     assert "turbo-relay" in out
     assert "request threads (the sockets' writers)" in out
+
+
+def test_the_batched_w2_publisher_runs_beside_the_one_by_one_one_with_no_loss(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "bench.run", "--runs", "1", "--quick", "--workloads", "W2",
+         "--targets", "turbocast-threads-batched", "--out", str(tmp_path)],
+        cwd=ROOT, check=True, timeout=300, capture_output=True,
+    )  # fmt: skip
+    results = json.loads((tmp_path / "run-1.json").read_text())
+    w2 = results["workloads"]["W2"]["turbocast-threads-batched"]
+    assert "error" not in w2, w2
+    assert (w2["loss"], w2["batch"]) == (0, 100)
+    assert w2["received"] == w2["expected"] > 0
+    subprocess.run(
+        [sys.executable, "-m", "bench.report", "--results", str(tmp_path), "--out", str(tmp_path)],
+        cwd=ROOT, check=True, timeout=120, capture_output=True,
+    )  # fmt: skip
+    report = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "| W2 | turbocast-threads-batched (batched, 100 per batch) |" in report

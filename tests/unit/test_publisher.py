@@ -384,11 +384,10 @@ def test_a_batch_checks_each_message_when_it_is_added_and_sends_nothing_on_a_bad
     publisher, client
 ):
     # (FakeClient has no pipeline: sending anything here would fail the test.)
-    with pytest.raises(InvalidChannelError):
-        with publisher.batch() as batch:
-            batch.to_session(SID, stream())
-            batch.to_stream("board:1", stream(), exclude=OTHER_SID)
-            batch.to_session("not-a-session", stream())
+    with pytest.raises(InvalidChannelError), publisher.batch() as batch:
+        batch.to_session(SID, stream())
+        batch.to_stream("board:1", stream(), exclude=OTHER_SID)
+        batch.to_session("not-a-session", stream())
 
     assert len(batch) == 2
     assert batch.receivers is None
@@ -415,10 +414,9 @@ def test_a_batch_refuses_a_bad_message_at_once(client, add, error):
 
 
 def test_an_exception_inside_the_block_sends_nothing(publisher, client):
-    with pytest.raises(RuntimeError):
-        with publisher.batch() as batch:
-            batch.to_all(stream())
-            raise RuntimeError("the view failed")
+    with pytest.raises(RuntimeError), publisher.batch() as batch:
+        batch.to_all(stream())
+        raise RuntimeError("the view failed")
 
     assert batch.receivers is None
     assert client.calls == []

@@ -34,9 +34,9 @@ from tests.unit.fake_pubsub import (
     tid,
 )
 from turbocast.message import Message
-from turbocast.subscriber import MESSAGE
 from turbocast.outbox import CLOSE_OUTBOX_OVERFLOW, HEARTBEAT, Outbox, encode_text_frame
 from turbocast.relay import CLOSE_GOING_AWAY, Relay, Subscription, close_all_sockets
+from turbocast.subscriber import MESSAGE
 
 URL = "redis://unused.invalid/0"
 BIG = 64 * 1024 * 1024  # an outbox bound no test reaches

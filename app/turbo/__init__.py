@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from .message import SUBPROTOCOL
     from .outbox import CLOSE_OUTBOX_OVERFLOW
     from .publisher import Publisher
+    from .refreshes import Refresher, refresh_stream
     from .relay import close_all_sockets
     from .settings import DEFAULTS
     from .signing import StreamSigner
@@ -105,6 +106,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "message": ("SUBPROTOCOL",),
     "outbox": ("CLOSE_OUTBOX_OVERFLOW",),
     "publisher": ("Publisher",),
+    "refreshes": ("Refresher", "refresh_stream"),
     "relay": ("close_all_sockets",),
     "settings": ("DEFAULTS",),
     "signing": ("StreamSigner",),
@@ -137,6 +139,7 @@ __all__ = [
     "MessageTooLargeError",
     "PublishError",
     "Publisher",
+    "Refresher",
     "Turbo",
     "TurboError",
     "TurboStream",
@@ -144,6 +147,7 @@ __all__ = [
     "broadcast_later",
     "channel_for",
     "close_all_sockets",
+    "refresh_stream",
     "render_streams",
     "send_later",
     "session_id",

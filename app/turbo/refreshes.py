@@ -337,7 +337,8 @@ if _have_celery:
     #: The task that sends a window's refresh; only with Celery installed.
     send_refresh: Any = shared_task(
         name=TASK_NAME,
-        autoretry_for=(PublishError,),
+        # A retry finds its window closed (or expired) and sends without a request id.
+        autoretry_for=(PublishError, redis.RedisError),
         dont_autoretry_for=(MessageTooLargeError,),
         retry_backoff=1,
         retry_backoff_max=30,

@@ -46,6 +46,7 @@ TIMER_ASKER = textwrap.dedent(
     import sys, time
     from flask import Flask
     from turbocast import Turbo
+    import turbocast.refreshes  # imported now (it imports Celery), not in the timed calls
 
     app = Flask("asker")
     app.config.update(REDIS_URL=sys.argv[1], SECRET_KEY="x")

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from .message import SUBPROTOCOL
     from .outbox import CLOSE_OUTBOX_OVERFLOW
     from .publisher import Batch, Publisher
+    from .refreshes import Refresher, refresh_stream
     from .relay import close_all_sockets
     from .rendering import render_stream
     from .settings import DEFAULTS
@@ -106,6 +107,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "message": ("SUBPROTOCOL",),
     "outbox": ("CLOSE_OUTBOX_OVERFLOW",),
     "publisher": ("Batch", "Publisher"),
+    "refreshes": ("Refresher", "refresh_stream"),
     "relay": ("close_all_sockets",),
     "rendering": ("render_stream",),
     "settings": ("DEFAULTS",),
@@ -140,6 +142,7 @@ __all__ = [
     "MessageTooLargeError",
     "PublishError",
     "Publisher",
+    "Refresher",
     "Turbo",
     "TurboError",
     "TurboStream",
@@ -147,6 +150,7 @@ __all__ = [
     "broadcast_later",
     "channel_for",
     "close_all_sockets",
+    "refresh_stream",
     "render_stream",
     "render_streams",
     "send_later",

@@ -114,8 +114,17 @@ class Sockets:
         sock.setblocking(False)
         key = sock.fileno()
         self.received[key] = []
+        # Frames that came in the same read as the 101 (a replay) are messages too.
+        self._keep(key, events)
         self.selector.register(sock, selectors.EVENT_READ, (ws, key))
         return key
+
+    def _keep(self, key: int, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, TextMessage):
+                head, _, html = event.data.partition("\n")
+                kind, label, message_id = head.split(" ")
+                self.received[key].append((kind, label, message_id, html))
 
     def read_until(self, done: Any, timeout: float = 60.0) -> None:
         def pump() -> bool:
@@ -123,11 +132,7 @@ class Sockets:
                 ws, key = selected.data
                 data = selected.fileobj.recv(1 << 20)  # type: ignore[union-attr]
                 ws.receive_data(data or None)
-                for event in ws.events():
-                    if isinstance(event, TextMessage):
-                        head, _, html = event.data.partition("\n")
-                        kind, label, message_id = head.split(" ")
-                        self.received[key].append((kind, label, message_id, html))
+                self._keep(key, list(ws.events()))
             return bool(done())
 
         wait_for(pump, timeout=timeout, interval=0, what="the messages")

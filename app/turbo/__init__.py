@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from .extension import Turbo
     from .helpers import session_id, stream_url, turbo_scripts, turbo_stream_source
     from .message import SUBPROTOCOL
+    from .models import broadcasts, dom_id, refreshes, suppressing_broadcasts
     from .outbox import CLOSE_OUTBOX_OVERFLOW
     from .publisher import Publisher
     from .relay import close_all_sockets
@@ -103,6 +104,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "extension": ("Turbo",),
     "helpers": ("session_id", "stream_url", "turbo_scripts", "turbo_stream_source"),
     "message": ("SUBPROTOCOL",),
+    # Model broadcasts need SQLAlchemy (turbocast[sqlalchemy]): imported only when used.
+    "models": ("broadcasts", "dom_id", "refreshes", "suppressing_broadcasts"),
     "outbox": ("CLOSE_OUTBOX_OVERFLOW",),
     "publisher": ("Publisher",),
     "relay": ("close_all_sockets",),
@@ -142,13 +145,17 @@ __all__ = [
     "TurboStream",
     "broadcast_channel",
     "broadcast_later",
+    "broadcasts",
     "channel_for",
     "close_all_sockets",
+    "dom_id",
+    "refreshes",
     "render_streams",
     "send_later",
     "session_id",
     "stream_channel",
     "stream_url",
+    "suppressing_broadcasts",
     "turbo_scripts",
     "turbo_stream_source",
     "user_channel",

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from app.embedded_redis import EmbeddedRedis
-from tests.support import Certificates, Distributions, build, copy_checkout
+from tests.support import Certificates, Distributions, PostgresServer, build, copy_checkout
 from turbocast import Publisher
 
 
@@ -69,3 +69,11 @@ def distributions(tmp_path_factory: pytest.TempPathFactory) -> Distributions:
     (sdist,) = (source.parent / "dist").glob("turbocast-*.tar.gz")
     (wheel,) = (source.parent / "dist").glob("turbocast-*.whl")
     return Distributions(sdist, wheel)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster of this run's own (initdb on a free port), never the
+    machine's server; SQLAlchemy's URL for it."""
+    with PostgresServer() as server:
+        yield server.url

@@ -2,7 +2,7 @@
 
 A post is declared with ``broadcasts``: created, a worker renders posts/_post.html and
 appends it to ``#posts`` on every page of ``board:<id>``; deleted, ``#post_<id>`` goes.
-A board is declared with ``refreshes``: renamed, its pages refresh (morphing).
+A board is declared with ``broadcasts_refreshes``: renamed, its pages refresh (morphing).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from sqlalchemy import DateTime, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import Model
-from turbocast import broadcasts, refreshes
+from turbocast import broadcasts, broadcasts_refreshes
 
 
-@refreshes(lambda board: f"board:{board.id}", on=["update"])
+@broadcasts_refreshes(lambda board: f"board:{board.id}", on=["update"])
 class Board(Model):
     __tablename__ = "board"
 

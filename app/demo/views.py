@@ -183,6 +183,16 @@ def rename_board(board_id: int) -> BaseResponse:
     )
 
 
+@bp.post("/boards/<int:board_id>/refresh")
+def refresh_board(board_id: int) -> BaseResponse:
+    """Ask every page of this board to refresh: one refresh per window, whoever asks.
+
+    The tab whose Turbo fetch this is (its ``X-Turbo-Request-Id``) skips that refresh.
+    """
+    turbo.refresh_stream(f"board:{board_id}")
+    return _streams_or_redirect()
+
+
 @bp.get("/healthz")
 def healthz() -> tuple[str, int]:
     """200 when Redis answers, 503 when it does not (for load balancers and compose)."""

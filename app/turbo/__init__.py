@@ -60,9 +60,10 @@ if TYPE_CHECKING:
     from .extension import Turbo
     from .helpers import session_id, stream_url, turbo_scripts, turbo_stream_source
     from .message import SUBPROTOCOL
-    from .models import broadcasts, dom_id, refreshes, suppressing_broadcasts
+    from .models import broadcasts, broadcasts_refreshes, dom_id, suppressing_broadcasts
     from .outbox import CLOSE_OUTBOX_OVERFLOW
     from .publisher import Publisher
+    from .refreshes import Refresher, refresh_stream
     from .relay import close_all_sockets
     from .settings import DEFAULTS
     from .signing import StreamSigner
@@ -105,9 +106,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "helpers": ("session_id", "stream_url", "turbo_scripts", "turbo_stream_source"),
     "message": ("SUBPROTOCOL",),
     # Model broadcasts need SQLAlchemy (turbocast[sqlalchemy]): imported only when used.
-    "models": ("broadcasts", "dom_id", "refreshes", "suppressing_broadcasts"),
+    "models": ("broadcasts", "broadcasts_refreshes", "dom_id", "suppressing_broadcasts"),
     "outbox": ("CLOSE_OUTBOX_OVERFLOW",),
     "publisher": ("Publisher",),
+    "refreshes": ("Refresher", "refresh_stream"),
     "relay": ("close_all_sockets",),
     "settings": ("DEFAULTS",),
     "signing": ("StreamSigner",),
@@ -140,16 +142,18 @@ __all__ = [
     "MessageTooLargeError",
     "PublishError",
     "Publisher",
+    "Refresher",
     "Turbo",
     "TurboError",
     "TurboStream",
     "broadcast_channel",
     "broadcast_later",
     "broadcasts",
+    "broadcasts_refreshes",
     "channel_for",
     "close_all_sockets",
     "dom_id",
-    "refreshes",
+    "refresh_stream",
     "render_streams",
     "send_later",
     "session_id",

@@ -108,6 +108,16 @@ def stream_channel(name: str, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{_check_prefix(prefix)}:stream:{check_stream_name(name)}"
 
 
+def refresh_key(name: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Return the Redis key of a named stream's open refresh window (:mod:`turbocast.refreshes`).
+
+    :param name: the stream's name, such as ``"board:42"``.
+    :param prefix: the channel namespace (``TURBO_CHANNEL_PREFIX``).
+    :raises InvalidChannelError: when the name has characters outside the allowed set.
+    """
+    return f"{_check_prefix(prefix)}:refresh:{check_stream_name(name)}"
+
+
 def _rest(channel: str, prefix: str) -> str:
     head = f"{_check_prefix(prefix)}:"
     if not channel.startswith(head):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import threading
@@ -36,6 +37,14 @@ from .settings import DEFAULTS, redis_url
 if TYPE_CHECKING:
     from celery import Celery
     from celery.result import AsyncResult
+
+
+class _Current(enum.Enum):
+    REQUEST = "the current request's X-Turbo-Request-Id"
+
+
+#: ``refresh_stream``'s default request id: the current request's ``X-Turbo-Request-Id``.
+CURRENT_REQUEST = _Current.REQUEST
 
 logger = logging.getLogger("turbocast")
 
@@ -226,9 +235,9 @@ class Turbo:
         celery = celery if celery is not None else self._celery
         app.extensions["turbo"] = TurboState(app, self, celery)
         if celery is not None or "celery" in app.extensions:
-            # Registers turbocast's task with every Celery app of this process, so a worker
-            # made by the app factory runs it with no include=["turbocast.tasks"].
-            from . import tasks  # noqa: F401
+            # Registers turbocast's tasks with every Celery app of this process, so a worker
+            # made by the app factory runs them with no include=["turbocast.tasks", ...].
+            from . import refreshes, tasks  # noqa: F401
         app.add_url_rule(
             app.config["TURBO_WEBSOCKET_ROUTE"],
             endpoint=ENDPOINT,
@@ -283,6 +292,28 @@ class Turbo:
         :param streams: ``TurboStream`` objects, sent as one message.
         """
         return _state().publisher.to_all(*streams)
+
+    def refresh_stream(
+        self, name: str, *, request_id: str | None | _Current = CURRENT_REQUEST
+    ) -> None:
+        """Ask every page of a named stream to refresh: one refresh per stream per window.
+
+        Debounced across every process (``TURBO_REFRESH_DEBOUNCE``; see
+        :mod:`turbocast.refreshes`). Call it in a view, in a hook the view's thread runs
+        (SQLAlchemy's ``after_commit``) or in a Celery task::
+
+            turbo.refresh_stream(f"board:{board.id}")
+
+        :param name: the stream's name, such as ``"board:42"``.
+        :param request_id: the id the refresh carries, so the tab that made the change
+            skips it; by default the current request's ``X-Turbo-Request-Id`` (none
+            outside a request); ``None`` for none.
+        :raises InvalidChannelError: a name that cannot name a stream.
+        :raises InvalidStreamError: a malformed request id.
+        """
+        from .refreshes import refresh_stream
+
+        refresh_stream(name, request_id=request_id)
 
     def to_session_later(
         self,

@@ -2,12 +2,12 @@
 
 The counterpart of turbo-rails' ``broadcasts_to`` and ``broadcasts_refreshes_to``::
 
-    from turbocast.models import broadcasts, refreshes
+    from turbocast import broadcasts, broadcasts_refreshes
 
     @broadcasts(lambda post: f"board:{post.board_id}")
     class Post(db.Model): ...          # created: appended to #posts; updated: #post_12
                                        # replaced; deleted: #post_12 removed
-    @refreshes(lambda board: f"board:{board.id}")
+    @broadcasts_refreshes(lambda board: f"board:{board.id}")
     class Board(db.Model): ...         # any change: the board's pages refresh (debounced)
 
 How it works. Listeners on SQLAlchemy's ``Session`` class (so every session: a plain
@@ -17,7 +17,7 @@ flushed it (:mod:`turbocast.changes` merges repeated flushes into one change). A
 released savepoint hands its changes to the enclosing transaction; one rolled back drops
 them; the outermost commit sends them, and a rollback sends nothing.
 
-Sending: a ``refreshes`` declaration calls ``turbo.refresh_stream`` in the committing
+Sending: a ``broadcasts_refreshes`` declaration calls ``turbo.refresh_stream`` in the committing
 process. A ``broadcasts`` declaration enqueues :data:`TASK_NAME` on the app's Celery app
 with the class, the primary key and the streams; the worker loads the instance again
 (Flask-SQLAlchemy's ``db.session``, or ``TURBO_SQLALCHEMY_SESSION``) and renders its
@@ -38,7 +38,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import current_app, has_app_context, has_request_context, render_template, request
+from flask import current_app, has_app_context, render_template
 from jinja2 import TemplateNotFound
 from markupsafe import Markup
 from werkzeug.utils import import_string
@@ -81,7 +81,7 @@ _DELETING = "turbocast.deleting"  # {id(instance): Snapshot} of deletions, taken
 
 @dataclass(frozen=True)
 class Declaration:
-    """How one model's changes reach pages: made by :func:`broadcasts` or :func:`refreshes`."""
+    """How one model's changes reach pages: made by :func:`broadcasts` or its refresh twin."""
 
     model: type[Any]
     streams_of: StreamsOf
@@ -180,13 +180,15 @@ def broadcasts(
     return _declare(to, False, on, inserts_by, target, template, name, inline)
 
 
-def refreshes(to: StreamsOf, *, on: Iterable[Kind] = KINDS) -> Callable[[type[M]], type[M]]:
+def broadcasts_refreshes(
+    to: StreamsOf, *, on: Iterable[Kind] = KINDS
+) -> Callable[[type[M]], type[M]]:
     """Declare that any committed change of a model refreshes the pages of its streams.
 
     Each commit calls ``turbo.refresh_stream(name)`` once per stream, in the committing
     process: debounced, and not back to the page whose request made the change::
 
-        @refreshes(lambda board: f"board:{board.id}")
+        @broadcasts_refreshes(lambda board: f"board:{board.id}")
         class Board(db.Model): ...
 
     :param to: the stream name, or a function of the instance giving one or several.
@@ -419,14 +421,8 @@ def _send(session: Session, changes: Changes[Any, Snapshot]) -> None:
 
 
 def _refresh(name: str) -> None:
-    turbo = _state().turbo
-    refresh_stream = getattr(turbo, "refresh_stream", None)
-    if refresh_stream is not None:
-        refresh_stream(name)
-        return
-    # Until turbo.refresh_stream is there: an undebounced refresh, not back to the requester.
-    request_id = request.headers.get("X-Turbo-Request-Id") if has_request_context() else None
-    _state().publisher.to_stream(name, TurboStream.refresh(request_id=request_id))
+    # In the committing thread: a view's refresh carries its request's X-Turbo-Request-Id.
+    _state().turbo.refresh_stream(name)
 
 
 def _enqueue(

@@ -343,7 +343,7 @@ def _after_commit(session: Session) -> None:
     root = session.get_transaction()
     changes = pending.pop(root, None) if root is not None else None
     if changes:
-        # Sent when the transaction has closed: an inline render may load what it needs.
+        # Sent once the transaction has closed.
         session.info.setdefault(_COMMITTED, []).append(changes)
 
 
@@ -408,7 +408,12 @@ def _send(session: Session, changes: Changes[Any, Snapshot]) -> None:
                             refreshed.add(name)
                             _refresh(name)
                 elif declaration.inline:
-                    _deliver(declaration, change.kind, pk, streams, change.snapshot.dom_id, session)
+                    # A session of its own: the committing one may not begin again yet
+                    # (inside `with session.begin():`, its transaction is still closing).
+                    with Session(bind=session.get_bind(declaration.model)) as fresh:
+                        _deliver(
+                            declaration, change.kind, pk, streams, change.snapshot.dom_id, fresh
+                        )
                 else:
                     _enqueue(model_name, index, change.kind, pk, streams, change.snapshot.dom_id)
             except Exception:

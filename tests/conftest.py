@@ -77,3 +77,19 @@ def postgres_url() -> Iterator[str]:
     machine's server; SQLAlchemy's URL for it."""
     with PostgresServer() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def demo_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The demo apps the tests make, and the processes they start, keep their boards in a
+    temporary SQLite file, not in the checkout's instance/demo.sqlite (unless DATABASE_URL
+    names a database)."""
+    if "DATABASE_URL" in os.environ:
+        yield
+        return
+    path = tmp_path_factory.mktemp("demo-db") / "demo.sqlite"
+    os.environ["DATABASE_URL"] = f"sqlite:///{path}"
+    try:
+        yield
+    finally:
+        del os.environ["DATABASE_URL"]

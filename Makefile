@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs: `make run` and `make test`.
 # Both install what is missing first: a virtualenv in .venv with the project,
 # Turbo's JavaScript from package-lock.json, and (for tests) Debian's chromium,
-# docker-compose and nginx.
+# docker-compose, nginx and postgresql.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,8 +9,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 # Debian packages the tests drive, as command=package: the browser, compose to check
-# docker-compose.yml, and nginx to run docs/deploy/nginx.conf.template in front of gunicorn.
-TEST_DEBS := chromium=chromium docker-compose=docker-compose nginx=nginx
+# docker-compose.yml, nginx to run docs/deploy/nginx.conf.template in front of gunicorn, and
+# PostgreSQL, whose initdb (in /usr/lib/postgresql/<version>/bin, off PATH) the model tests
+# run for a throwaway cluster of their own: pg_ctlcluster comes with the server.
+TEST_DEBS := chromium=chromium docker-compose=docker-compose nginx=nginx pg_ctlcluster=postgresql
 
 .PHONY: run test install assets system-deps lint bench clean
 

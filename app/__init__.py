@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from sqlalchemy.exc import SQLAlchemyError
 
 from app import config, extensions
 from app.celery_app import celery_init_app
+from turbocast import dom_id
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +55,27 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # turbo.to_*_later() enqueue on the demo's own Celery app, never on Celery's default.
     extensions.turbo.init_app(app, celery=celery_init_app(app))
 
+    os.makedirs(app.instance_path, exist_ok=True)
+    app.config["SQLALCHEMY_DATABASE_URI"] = config.database_url(app.config, app.instance_path)
+    extensions.db.init_app(app)
+    app.add_template_global(dom_id)
+
     from app.demo import bp as demo_bp
 
     app.register_blueprint(demo_bp)
+    _create_tables(app)
     return app
+
+
+def _create_tables(app: Flask, attempts: int = 3) -> None:
+    # Every web and worker process runs this at start, possibly at the same moment: a
+    # process that lost the race to create a table finds it there on its next try.
+    for attempt in range(1, attempts + 1):
+        try:
+            with app.app_context():
+                extensions.db.create_all()
+            return
+        except SQLAlchemyError:
+            if attempt == attempts:
+                raise
+            logger.info("creating the tables raced another process; trying again")

@@ -9,6 +9,9 @@ as strings otherwise. ``create_app(test_config)`` overrides both.
                                socket. Required (the app refuses to start without it, except
                                in debug or testing); the same on every process.
 ``REDIS_URL``                  The Redis server: Celery's broker and the push channels.
+``DATABASE_URL``               The boards' and posts' database, a SQLAlchemy URL
+                               (``postgresql+psycopg://...``); unset: SQLite in the instance
+                               folder, ``instance/demo.sqlite``.
 ``LOG_LEVEL``                  Logging level when nothing else configured logging (INFO).
 ``CELERY``                     Celery settings as a JSON object, over the defaults below
                                (broker: REDIS_URL; results ignored).
@@ -50,6 +53,7 @@ class ConfigError(RuntimeError):
 DEFAULTS: dict[str, Any] = {
     "SECRET_KEY": None,
     "REDIS_URL": None,
+    "DATABASE_URL": None,
     "LOG_LEVEL": "INFO",
     "CELERY": {},
     "DEMO_CLOCK_SECONDS": 2.0,
@@ -83,6 +87,15 @@ def celery_config(config: Mapping[str, Any]) -> dict[str, Any]:
         # Workers add their own tasks.
         **config.get("CELERY", {}),
     }
+
+
+def database_url(config: Mapping[str, Any], instance_path: str) -> str:
+    """The demo's database: ``DATABASE_URL``, else SQLite in the instance folder.
+
+    :param config: the Flask app's config.
+    :param instance_path: the app's instance folder.
+    """
+    return str(config.get("DATABASE_URL") or f"sqlite:///{instance_path}/demo.sqlite")
 
 
 def from_environ(environ: Mapping[str, str] | None = None) -> dict[str, Any]:

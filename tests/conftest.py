@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from app.embedded_redis import EmbeddedRedis
-from tests.support import Certificates, Distributions, build, copy_checkout
+from tests.support import Certificates, Distributions, PostgresServer, build, copy_checkout
 from turbocast import Publisher
 
 
@@ -69,3 +69,27 @@ def distributions(tmp_path_factory: pytest.TempPathFactory) -> Distributions:
     (sdist,) = (source.parent / "dist").glob("turbocast-*.tar.gz")
     (wheel,) = (source.parent / "dist").glob("turbocast-*.whl")
     return Distributions(sdist, wheel)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster of this run's own (initdb on a free port), never the
+    machine's server; SQLAlchemy's URL for it."""
+    with PostgresServer() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def demo_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The demo apps the tests make, and the processes they start, keep their boards in a
+    temporary SQLite file, not in the checkout's instance/demo.sqlite (unless DATABASE_URL
+    names a database)."""
+    if "DATABASE_URL" in os.environ:
+        yield
+        return
+    path = tmp_path_factory.mktemp("demo-db") / "demo.sqlite"
+    os.environ["DATABASE_URL"] = f"sqlite:///{path}"
+    try:
+        yield
+    finally:
+        del os.environ["DATABASE_URL"]

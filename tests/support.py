@@ -14,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -185,6 +186,12 @@ def http_connection(
     return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
 
 
+def demo_database(log_dir: Path) -> str:
+    """The demo's database for the servers of one test module: SQLite beside their logs,
+    never the checkout's instance/demo.sqlite (``DATABASE_URL`` in their env wins)."""
+    return f"sqlite:///{log_dir}/demo.sqlite"
+
+
 @dataclass
 class WebServer(ManagedProcess):
     """A real gunicorn serving ``app:create_app()`` in its own process: the demo's by default."""
@@ -232,7 +239,7 @@ class WebServer(ManagedProcess):
                 "app:create_app()",
             ],
             log_dir / f"gunicorn-{'tls-' if tls else ''}{self.port}.log",
-            {"REDIS_URL": self.redis_url, **self.env},
+            {"REDIS_URL": self.redis_url, "DATABASE_URL": demo_database(log_dir), **self.env},
         )  # fmt: skip
         wait_for(self._answers, timeout=30, what=f"gunicorn on {self.base_url}")
         return self
@@ -433,7 +440,8 @@ class CeleryProcess(ManagedProcess):
             args += ["--schedule", str(log_dir / f"beat-schedule-{id(self)}")]
             ready = "beat: Starting..."
         log_path = log_dir / f"celery-{self.command}-{id(self)}.log"
-        self._spawn(args, log_path, {"REDIS_URL": self.redis_url, **self.env})
+        env = {"REDIS_URL": self.redis_url, "DATABASE_URL": demo_database(log_dir), **self.env}
+        self._spawn(args, log_path, env)
         wait_for(lambda: self._ready(ready), timeout=60, what=f"celery {self.command} to start")
         return self
 
@@ -565,3 +573,94 @@ class ResumingClient:
         if self.ws is not None:
             self.ws.close()
             self.ws = None
+
+
+def postgres_bin() -> Path:
+    """The directory of Debian's PostgreSQL server programs (initdb, postgres): the newest."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name)
+    )
+    if not found:
+        raise AssertionError("PostgreSQL not found: `make test` installs Debian's postgresql")
+    return found[-1].parent
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster: ``initdb`` in a temporary directory, on a free port.
+
+    Never the machine's own server: its data, port and socket are its own, and it is gone
+    when stopped. PostgreSQL refuses to run as root; as root, it runs as ``nobody``.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self.directory = Path(tempfile.mkdtemp(prefix="turbocast-pg-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _as_owner(self, args: list[str]) -> list[str]:
+        if os.geteuid() != 0:
+            return args
+        return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *args]
+
+    def start(self) -> PostgresServer:
+        binaries = postgres_bin()
+        data = self.directory / "data"
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "nobody", "nogroup")
+        init = subprocess.run(
+            self._as_owner(
+                [str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                 "--no-sync", "-E", "UTF8", "--locale=C"]
+            ),
+            cwd=self.directory, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert init.returncode == 0, init.stdout + init.stderr
+        log = open(self.directory / "postgres.log", "ab")  # noqa: SIM115 - the server's
+        self.process = subprocess.Popen(
+            self._as_owner(
+                [str(binaries / "postgres"), "-D", str(data), "-p", str(self.port),
+                 "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+                 "-c", "fsync=off", "-c", "max_connections=200"]
+            ),
+            cwd=self.directory, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        log.close()
+        wait_for(self._accepts, timeout=60, what=f"PostgreSQL on port {self.port}")
+        return self
+
+    def _accepts(self) -> bool:
+        import psycopg
+
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"postgres exited early:\n{self.log()}")
+        try:
+            psycopg.connect(
+                f"host=127.0.0.1 port={self.port} user=postgres", connect_timeout=2
+            ).close()
+        except psycopg.OperationalError:
+            return False
+        return True
+
+    def log(self) -> str:
+        path = self.directory / "postgres.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        """A fast shutdown (SIGINT), then the directory goes."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

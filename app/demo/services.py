@@ -10,7 +10,10 @@ from datetime import UTC, datetime
 
 from flask import render_template
 from markupsafe import Markup
+from sqlalchemy.dialects import postgresql, sqlite
 
+from app.demo.models import Board, Post
+from app.extensions import db
 from turbocast import Publisher, TurboStream
 
 
@@ -62,9 +65,35 @@ def user_ping_html(user: str, from_session: str) -> Markup:
     return _html("demo/_user_ping.html", user=user, origin=from_session[:6], at=now_text())
 
 
-def board_message_html(text: str, author: str | None) -> Markup:
-    """A message posted to a board."""
-    return _html("demo/_board_message.html", text=text, author=author or "someone", at=now_text())
+def board_page(board_id: int) -> tuple[Board, list[Post]]:
+    """A board and its posts; a board nobody posted to yet shows under its default name.
+
+    :param board_id: the board's number, from its URL.
+    """
+    board = db.session.get(Board, board_id)
+    if board is None:
+        return Board(id=board_id, name=default_board_name(board_id)), []
+    return board, list(board.posts)
+
+
+def default_board_name(board_id: int) -> str:
+    return f"Board {board_id}"
+
+
+def board_for_change(board_id: int) -> Board:
+    """The board, made on its first change; safe when two processes make it at once.
+
+    :param board_id: the board's number, from its URL.
+    """
+    dialect = db.session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # The board's creation is no news to its pages: a Core insert, which broadcasts nothing.
+    db.session.execute(
+        insert(Board)
+        .values(id=board_id, name=default_board_name(board_id))
+        .on_conflict_do_nothing()
+    )
+    return db.session.get_one(Board, board_id)
 
 
 def every_action() -> list[TurboStream]:

@@ -19,7 +19,8 @@ from flask import (
 from werkzeug.wrappers import Response as BaseResponse
 
 from app.demo import bp, services
-from app.extensions import turbo
+from app.demo.models import Post
+from app.extensions import db, turbo
 from turbocast import (
     MIME_TYPE,
     InvalidChannelError,
@@ -32,11 +33,11 @@ from turbocast import (
 logger = logging.getLogger(__name__)
 
 
-def _streams_or_redirect(*streams: TurboStream) -> BaseResponse:
+def _streams_or_redirect(*streams: TurboStream, back: str | None = None) -> BaseResponse:
     # Turbo sends form submissions with this Accept; a browser without JS gets a redirect.
     if request.accept_mimetypes.quality(MIME_TYPE) > 0:
         return Response(render_streams(*streams), mimetype=MIME_TYPE)
-    return redirect(url_for("demo.index"), code=303)
+    return redirect(back or url_for("demo.index"), code=303)
 
 
 def _enqueue(task: str, *args: object) -> None:
@@ -132,25 +133,54 @@ def ping_my_tabs() -> BaseResponse:
 @bp.get("/boards/<int:board_id>")
 def board(board_id: int) -> str:
     """A named stream: everyone on this board's page sees what is posted to it."""
-    return render_template("demo/board.html", board_id=board_id, now=services.now_text())
+    board, posts = services.board_page(board_id)
+    return render_template("demo/board.html", board=board, posts=posts, now=services.now_text())
 
 
 @bp.get("/boards/<int:board_id>/feed")
 def board_feed(board_id: int) -> str:
-    """A board's messages under the layout's stream source, with a second source of its own."""
-    return render_template("demo/board_feed.html", board_id=board_id, now=services.now_text())
+    """A board's posts under the layout's stream source, with a second source of its own."""
+    board, posts = services.board_page(board_id)
+    return render_template(
+        "demo/board_feed.html", board=board, posts=posts, now=services.now_text()
+    )
 
 
 @bp.post("/boards/<int:board_id>/messages")
 def post_to_board(board_id: int) -> BaseResponse:
+    """Save a post; its model broadcast (after the commit, by a worker) shows it everywhere."""
     text = request.form.get("text", "").strip()[:500]
     if not text:
         abort(400, "say something")
-    turbo.to_stream(
-        f"board:{board_id}",
-        TurboStream.append("board-messages", services.board_message_html(text, current_user_id())),
+    board = services.board_for_change(board_id)
+    db.session.add(Post(board=board, text=text, author=current_user_id() or "someone"))
+    db.session.commit()
+    return _streams_or_redirect(back=url_for("demo.board", board_id=board_id))
+
+
+@bp.post("/boards/<int:board_id>/posts/<int:post_id>/delete")
+def delete_post(board_id: int, post_id: int) -> BaseResponse:
+    """Delete a post; its model broadcast removes it from every page of the board."""
+    post = db.session.get(Post, post_id)
+    if post is None or post.board_id != board_id:
+        abort(404)
+    db.session.delete(post)
+    db.session.commit()
+    return _streams_or_redirect(back=url_for("demo.board", board_id=board_id))
+
+
+@bp.post("/boards/<int:board_id>/rename")
+def rename_board(board_id: int) -> BaseResponse:
+    """Rename a board: every other page of it refreshes; this one updates its title."""
+    name = request.form.get("name", "").strip()[:100]
+    if not name:
+        abort(400, "a board needs a name")
+    board = services.board_for_change(board_id)
+    board.name = name
+    db.session.commit()
+    return _streams_or_redirect(
+        TurboStream.update("board-name", name), back=url_for("demo.board", board_id=board_id)
     )
-    return _streams_or_redirect()
 
 
 @bp.post("/boards/<int:board_id>/refresh")

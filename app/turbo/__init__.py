@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from .extension import Turbo
     from .helpers import session_id, stream_url, turbo_scripts, turbo_stream_source
     from .message import SUBPROTOCOL
+    from .models import broadcasts, broadcasts_refreshes, dom_id, suppressing_broadcasts
     from .outbox import CLOSE_OUTBOX_OVERFLOW
     from .publisher import Batch, Publisher
     from .refreshes import Refresher, refresh_stream
@@ -105,6 +106,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "extension": ("Turbo",),
     "helpers": ("session_id", "stream_url", "turbo_scripts", "turbo_stream_source"),
     "message": ("SUBPROTOCOL",),
+    # Model broadcasts need SQLAlchemy (turbocast[sqlalchemy]): imported only when used.
+    "models": ("broadcasts", "broadcasts_refreshes", "dom_id", "suppressing_broadcasts"),
     "outbox": ("CLOSE_OUTBOX_OVERFLOW",),
     "publisher": ("Batch", "Publisher"),
     "refreshes": ("Refresher", "refresh_stream"),
@@ -148,8 +151,11 @@ __all__ = [
     "TurboStream",
     "broadcast_channel",
     "broadcast_later",
+    "broadcasts",
+    "broadcasts_refreshes",
     "channel_for",
     "close_all_sockets",
+    "dom_id",
     "refresh_stream",
     "render_stream",
     "render_streams",
@@ -157,6 +163,7 @@ __all__ = [
     "session_id",
     "stream_channel",
     "stream_url",
+    "suppressing_broadcasts",
     "turbo_scripts",
     "turbo_stream_source",
     "user_channel",

@@ -61,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     "TURBO_SSE_ROUTE": "/turbo-stream/events",
     # Path under which turbo_scripts() serves Turbo's and turbocast's JavaScript.
     "TURBO_ASSETS_ROUTE": "/_turbocast",
+    # Model broadcasts: where a worker gets a SQLAlchemy session to load a changed instance
+    # again, a sessionmaker or its import path ("yourapp.db:Session"); unset: Flask-SQLAlchemy's.
+    "TURBO_SQLALCHEMY_SESSION": None,
     # Seconds a named stream's refresh waits, taking in every other refresh of that stream asked
     # for meanwhile by any process: one refresh per window (turbo-rails' debouncer: 0.5); 0: none.
     "TURBO_REFRESH_DEBOUNCE": 0.5,

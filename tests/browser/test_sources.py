@@ -78,16 +78,16 @@ def test_a_page_with_two_sources_applies_each_push_once(context, web, publisher)
     )
     sid = tab.session_id()
 
-    publisher.to_session(sid, _item("board-messages", "session"))
-    publisher.to_stream("board:7", _item("board-messages", "stream"))
-    publisher.to_all(_item("board-messages", "everyone"))
+    publisher.to_session(sid, _item("posts", "session"))
+    publisher.to_stream("board:7", _item("posts", "stream"))
+    publisher.to_all(_item("posts", "everyone"))
     # Last on each socket: once both are applied, so is everything before them.
-    publisher.to_session(sid, _item("board-messages", "end of session"))
-    publisher.to_stream("board:7", _item("board-messages", "end of stream"))
+    publisher.to_session(sid, _item("posts", "end of session"))
+    publisher.to_stream("board:7", _item("posts", "end of stream"))
     tab.page.wait_for_selector("li.probe:text('end of session')")
     tab.page.wait_for_selector("li.probe:text('end of stream')")
 
-    texts = tab.page.locator("#board-messages li.probe").all_inner_texts()
+    texts = tab.page.locator("#posts li.probe").all_inner_texts()
     assert sorted(texts) == sorted(
         ["session", "stream", "everyone", "end of session", "end of stream"]
     )

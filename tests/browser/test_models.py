@@ -29,7 +29,7 @@ from app.extensions import db
 from tests.browser.conftest import ENV
 from tests.browser.test_demo import Tab
 from tests.support import SECRET_KEY, CeleryProcess, WebServer
-from turbocast import suppressing_broadcasts
+from turbocast import DEFAULTS, suppressing_broadcasts
 from turbocast.channels import refresh_key
 
 BOARDS = itertools.count(100)
@@ -275,7 +275,9 @@ def test_a_rename_in_one_tab_morphs_the_other_and_a_burst_refreshes_it_once(
                 board.name = f"Burst {i}"
                 db.session.commit()
             took = time.monotonic() - started
-        assert took < 0.1, f"20 changes took {took:.3f}s"
+        # The premise of one refresh is one window (0.5 s); here they take some 20-60 ms.
+        # Not a speed check: a slower machine only narrows the margin.
+        assert took < DEFAULTS["TURBO_REFRESH_DEBOUNCE"], f"20 changes took {took:.3f}s"
         page_b.wait_for_selector("#board-name:text-is('Burst 19')")
         tab_b.tab.wait_for(lambda: _window_closed(redis_client, board_id), what="the window")
         marker_id = _post(app, board_id, "after the burst")

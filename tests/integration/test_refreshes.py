@@ -34,7 +34,7 @@ from tests.support import (
     page_stream_url,
     wait_for,
 )
-from turbocast import MIME_TYPE, Publisher, TurboStream, stream_channel
+from turbocast import DEFAULTS, MIME_TYPE, Publisher, TurboStream, stream_channel
 from turbocast.channels import refresh_key
 from turbocast.refreshes import REQUEST_ID_HEADER, RefreshWindows
 
@@ -169,7 +169,9 @@ def test_twenty_refreshes_from_two_processes_within_100_ms_make_one(
         # A process exits only after its timer (not a daemon thread) has sent, if it had one.
         assert [asker.wait(timeout=10) for asker in askers] == [0, 0]
     first, last = min(s[0] for s in spans), max(s[1] for s in spans)
-    assert last - first < 0.1, f"the 20 calls took {last - first:.3f}s"
+    # The premise of one refresh is one window (0.5 s); here they take some 10-30 ms.
+    # Not a speed check: a slower machine only narrows the margin.
+    assert last - first < DEFAULTS["TURBO_REFRESH_DEBOUNCE"], f"the calls took {last - first:.3f}s"
 
     assert refresh_request_id(next_on(client, name)) is None  # no request: no request id
     assert_sentinel_is_next(client, name, publisher, redis_client)

@@ -237,7 +237,7 @@ class Refresher:
             ``False`` when an open window took it in.
         :raises InvalidChannelError: a name that cannot name a stream.
         :raises InvalidStreamError: a malformed request id.
-        :raises redis.RedisError: Redis is unreachable.
+        :raises PublishError: Redis did not answer (as for any push).
         """
         check_stream_name(name)
         check_request_id(request_id)
@@ -245,7 +245,13 @@ class Refresher:
             self.publisher.to_stream(name, TurboStream.refresh(request_id=request_id))
             return True
         token = secrets.token_hex(16)
-        if not self.windows.open(name, request_id, token, self.debounce + _LATE_SECONDS):
+        try:
+            opened = self.windows.open(name, request_id, token, self.debounce + _LATE_SECONDS)
+        except redis.RedisError as exc:
+            extra = {"turbo_stream": name, "turbo_error": repr(exc)}
+            logger.error("refresh not asked", extra=extra)
+            raise PublishError(f"refresh of {name!r} not asked: Redis did not answer") from exc
+        if not opened:
             return False
         self._schedule(name, token)
         return True

@@ -17,7 +17,7 @@ from celery import Celery
 from flask import Flask
 from sqlalchemy.orm import Session
 
-from turbocast import InvalidChannelError, InvalidStreamError, Turbo, TurboStream
+from turbocast import InvalidChannelError, InvalidStreamError, PublishError, Turbo, TurboStream
 from turbocast.refreshes import (
     REQUEST_ID_HEADER,
     TASK_NAME,
@@ -353,3 +353,11 @@ def test_a_negative_debounce_is_refused(windows):
     app, turbo, _ = flask_app(TURBO_REFRESH_DEBOUNCE=-1)
     with app.app_context(), pytest.raises(ValueError, match="TURBO_REFRESH_DEBOUNCE"):
         turbo.refresh_stream("board:1")
+
+
+def test_without_redis_a_refresh_raises_publish_error_as_any_push_does(caplog):
+    app, turbo, sent = flask_app(TURBO_REDIS_TIMEOUT=0.5)  # REDIS_URL: nothing listens there
+    with app.app_context(), pytest.raises(PublishError, match="not asked: Redis did not answer"):
+        turbo.refresh_stream("board:1")
+    assert sent == []
+    assert "refresh not asked" in caplog.text

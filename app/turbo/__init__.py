@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         stream_channel,
         user_channel,
         valid_session_id,
+        valid_socket_id,
     )
     from .connection import (
         CLOSE_GOING_AWAY,
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
         TurboError,
     )
     from .extension import Turbo
-    from .helpers import session_id, stream_url, turbo_scripts, turbo_stream_source
+    from .helpers import session_id, socket_id, stream_url, turbo_scripts, turbo_stream_source
     from .message import SUBPROTOCOL
     from .models import broadcasts, broadcasts_refreshes, dom_id, suppressing_broadcasts
     from .outbox import CLOSE_OUTBOX_OVERFLOW
@@ -79,6 +80,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "stream_channel",
         "user_channel",
         "valid_session_id",
+        "valid_socket_id",
     ),
     "connection": (
         "CLOSE_GOING_AWAY",
@@ -104,7 +106,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "TurboError",
     ),
     "extension": ("Turbo",),
-    "helpers": ("session_id", "stream_url", "turbo_scripts", "turbo_stream_source"),
+    "helpers": ("session_id", "socket_id", "stream_url", "turbo_scripts", "turbo_stream_source"),
     "message": ("SUBPROTOCOL",),
     # Model broadcasts need SQLAlchemy (turbocast[sqlalchemy]): imported only when used.
     "models": ("broadcasts", "broadcasts_refreshes", "dom_id", "suppressing_broadcasts"),
@@ -161,6 +163,7 @@ __all__ = [
     "render_streams",
     "send_later",
     "session_id",
+    "socket_id",
     "stream_channel",
     "stream_url",
     "suppressing_broadcasts",
@@ -168,6 +171,7 @@ __all__ = [
     "turbo_stream_source",
     "user_channel",
     "valid_session_id",
+    "valid_socket_id",
 ]
 
 

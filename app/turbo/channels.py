@@ -8,6 +8,7 @@ and the prefix keeps them clear of Celery's own keys in the same Redis.
 from __future__ import annotations
 
 import re
+import secrets
 
 from .errors import InvalidChannelError
 from .settings import DEFAULTS
@@ -16,6 +17,8 @@ DEFAULT_PREFIX: str = DEFAULTS["TURBO_CHANNEL_PREFIX"]
 
 #: Session ids are what :func:`new_session_id` makes: URL-safe base64, 16 to 128 characters.
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")
+#: Socket ids are what :func:`new_socket_id` makes: URL-safe base64, 16 to 64 characters.
+SOCKET_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 #: User ids: what a user loader returns (ints become their decimal text).
 USER_ID_RE = re.compile(r"[A-Za-z0-9_.@+=-]{1,128}")
@@ -37,6 +40,19 @@ def valid_session_id(session_id: object) -> bool:
     :param session_id: the value to check (anything; only a matching ``str`` passes).
     """
     return isinstance(session_id, str) and SESSION_ID_RE.fullmatch(session_id) is not None
+
+
+def new_socket_id() -> str:
+    """Make a random, unguessable id for one socket (96 bits, URL-safe, 16 characters)."""
+    return secrets.token_urlsafe(12)
+
+
+def valid_socket_id(socket_id: object) -> bool:
+    """Tell whether ``socket_id`` has the shape of a turbocast socket id.
+
+    :param socket_id: the value to check (anything; only a matching ``str`` passes).
+    """
+    return isinstance(socket_id, str) and SOCKET_ID_RE.fullmatch(socket_id) is not None
 
 
 def channel_for(session_id: str, prefix: str = DEFAULT_PREFIX) -> str:

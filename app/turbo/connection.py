@@ -67,7 +67,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from .errors import HandshakeError
 from .handoff import is_gevent_socket, is_tls_socket
-from .message import SUBPROTOCOL, Cursor, Message
+from .message import SUBPROTOCOL, Cursor, Message, identity_frame
 from .outbox import HEARTBEAT, Outbox
 from .readers import readers
 
@@ -499,7 +499,7 @@ class WebSocket:
         if frames:
             self._send(b"".join(frames) if len(frames) > 1 else frames[0])
 
-    def serve(self, replay: list[Message]) -> str:
+    def serve(self, replay: list[Message], *, socket_id: str | None = None) -> str:
         """Write until the connection ends, then close it; the writer calls this after accept().
 
         Heartbeats arrive through the outbox too (:data:`~turbocast.outbox.HEARTBEAT`,
@@ -510,6 +510,8 @@ class WebSocket:
         :param replay: messages from the history to send first (the outbox may
             already hold some of them; nothing is sent twice). The list is emptied
             once sent, so a long-lived socket does not keep its replay.
+        :param socket_id: the socket's id, told first (``i <id>``) to a ``turbocast.v1``
+            client; a plain client is told nothing.
         :returns: why the connection ended, for the log.
         :raises Exception: an unexpected failure, after a 1011 close frame was tried.
             Whatever happened, the reading has stopped and the socket is closed.
@@ -519,6 +521,8 @@ class WebSocket:
         cursor = Cursor()
         drain = self.outbox.drain
         try:
+            if socket_id is not None and self.tagged:
+                self._send(identity_frame(socket_id))
             if replay:
                 self._write(replay, cursor)
                 replay.clear()

@@ -32,11 +32,11 @@ import redis
 from flask import Response, request, session
 
 from . import handoff
-from .channels import history_key, label_for, valid_session_id
+from .channels import history_key, label_for, new_socket_id, valid_session_id, valid_socket_id
 from .connection import CLOSE_INTERNAL_ERROR, WebSocket
 from .errors import HandshakeError, InvalidChannelError, TurboError
 from .extension import TurboState, _state
-from .helpers import SESSION_KEY, STREAMS_ONLY, normalize_origin, site_origin
+from .helpers import SESSION_KEY, SOCKET_PARAM, STREAMS_ONLY, normalize_origin, site_origin
 from .message import REFRESH_HTML, Cursor, Message
 from .outbox import Outbox
 from .relay import Subscription
@@ -74,6 +74,8 @@ class Admission:
     sid: str
     channels: list[str]
     since: dict[str, str]
+    #: The socket's id (WebSockets only: an event stream cannot be told its id).
+    socket_id: str | None = None
 
 
 def _refuse(
@@ -180,6 +182,17 @@ def _admit(state: TurboState, positions: list[str]) -> Admission | Response:
     return Admission(sid, channels, since)
 
 
+def _socket_id() -> str:
+    """The id of a WebSocket being admitted: the one it was told before, else a new one.
+
+    A reconnecting ``<turbocast-stream-source>`` sends back the id it was given
+    (``?socket=``), so a push that excluded its tab while it was away is not
+    replayed to it. Claiming another socket's id only leaves the claimant out.
+    """
+    given = request.args.get(SOCKET_PARAM)
+    return given if given is not None and valid_socket_id(given) else new_socket_id()
+
+
 def _replay(state: TurboState, admission: Admission) -> list[Message]:
     """What the histories hold after the client's positions, merged in publish order.
 
@@ -199,6 +212,7 @@ def _replay(state: TurboState, admission: Admission) -> list[Message]:
     reads = [(history_key(channel, prefix), position) for channel, _, position in wanted]
     replay: list[Message] = []
     own = admission.sid.encode()
+    own_socket = admission.socket_id.encode() if admission.socket_id is not None else None
     results = state.publisher.history.since_many(reads)
     for (channel, label, position), (entries, gap) in zip(wanted, results, strict=True):
         raw = channel.encode()
@@ -210,11 +224,11 @@ def _replay(state: TurboState, admission: Admission) -> list[Message]:
                 extra={"turbo_label": label, "turbo_since": position},
             )
         else:
-            # A message that excludes this socket's session is not replayed to it either.
+            # A message that excludes this socket or its session is not replayed to it either.
             replay.extend(
                 Message(raw, label, message_id, html)
-                for message_id, html, exclude in entries
-                if exclude != own
+                for message_id, html, exclude, exclude_socket in entries
+                if exclude != own and (exclude_socket is None or exclude_socket != own_socket)
             )
     # Ids come from one clock across channels: their order is the publish order.
     replay.sort(key=lambda m: m.key or (0, 0))
@@ -231,7 +245,7 @@ def _subscribe(
     """
     deadline = time.monotonic() + float(state.config["TURBO_REDIS_TIMEOUT"])
     relay = state.relay()
-    sub: Subscription = relay.attach(admission.channels, outbox, admission.sid)
+    sub: Subscription = relay.attach(admission.channels, outbox, admission.sid, admission.socket_id)
     held.callback(relay.detach, sub)
     if not sub.ready.wait(max(0.0, deadline - time.monotonic())):
         return _refuse(STATUS_REDIS_UNAVAILABLE, "Redis unavailable: subscription not confirmed")
@@ -270,6 +284,7 @@ def websocket_endpoint() -> Response:
     admission = _admit(state, request.args.getlist("since"))
     if isinstance(admission, Response):
         return admission
+    admission.socket_id = _socket_id()
     with ExitStack() as held:
         if not held.enter_context(state.socket_slot(admission.sid)):
             return _refuse(STATUS_TOO_MANY_SOCKETS, "too many sockets for this session")
@@ -306,7 +321,7 @@ def websocket_endpoint() -> Response:
     def serve() -> None:
         with life:
             try:
-                reason = ws.serve(replay)
+                reason = ws.serve(replay, socket_id=admission.socket_id)
             except Exception:  # noqa: BLE001 - logged; the socket is closed with 1011
                 logger.exception("socket writer failed")
                 ws.abort(CLOSE_INTERNAL_ERROR, "internal error")

@@ -262,40 +262,70 @@ class Turbo:
         """The current app's :class:`Publisher`."""
         return _state().publisher
 
-    def to_session(self, session_id: str, *streams: Any, exclude: str | None = None) -> int:
+    def to_session(
+        self,
+        session_id: str,
+        *streams: Any,
+        exclude: str | None = None,
+        exclude_socket: str | None = None,
+    ) -> int:
         """Send streams to one browser session (see :meth:`Publisher.to_session`).
 
         :param session_id: the session's id.
         :param streams: ``TurboStream`` objects, sent as one message.
         :param exclude: a session id (``session_id()``) whose sockets must not get it.
+        :param exclude_socket: a socket id (``socket_id()``) that must not get it.
         """
-        return _state().publisher.to_session(session_id, *streams, exclude=exclude)
+        return _state().publisher.to_session(
+            session_id, *streams, exclude=exclude, exclude_socket=exclude_socket
+        )
 
-    def to_user(self, user_id: str | int, *streams: Any, exclude: str | None = None) -> int:
+    def to_user(
+        self,
+        user_id: str | int,
+        *streams: Any,
+        exclude: str | None = None,
+        exclude_socket: str | None = None,
+    ) -> int:
         """Send streams to every socket of one user (see :meth:`Publisher.to_user`).
 
         :param user_id: the user's id.
         :param streams: ``TurboStream`` objects, sent as one message.
         :param exclude: a session id (``session_id()``) whose sockets must not get it.
+        :param exclude_socket: a socket id (``socket_id()``) that must not get it.
         """
-        return _state().publisher.to_user(user_id, *streams, exclude=exclude)
+        return _state().publisher.to_user(
+            user_id, *streams, exclude=exclude, exclude_socket=exclude_socket
+        )
 
-    def to_stream(self, name: str, *streams: Any, exclude: str | None = None) -> int:
+    def to_stream(
+        self,
+        name: str,
+        *streams: Any,
+        exclude: str | None = None,
+        exclude_socket: str | None = None,
+    ) -> int:
         """Send streams to every page listening to a named stream (:meth:`Publisher.to_stream`).
 
         :param name: the stream's name.
         :param streams: ``TurboStream`` objects, sent as one message.
         :param exclude: a session id (``session_id()``) whose sockets must not get it.
+        :param exclude_socket: a socket id (``socket_id()``) that must not get it.
         """
-        return _state().publisher.to_stream(name, *streams, exclude=exclude)
+        return _state().publisher.to_stream(
+            name, *streams, exclude=exclude, exclude_socket=exclude_socket
+        )
 
-    def to_all(self, *streams: Any, exclude: str | None = None) -> int:
+    def to_all(
+        self, *streams: Any, exclude: str | None = None, exclude_socket: str | None = None
+    ) -> int:
         """Send streams to every socket (see :meth:`Publisher.to_all`).
 
         :param streams: ``TurboStream`` objects, sent as one message.
         :param exclude: a session id (``session_id()``) whose sockets must not get it.
+        :param exclude_socket: a socket id (``socket_id()``) that must not get it.
         """
-        return _state().publisher.to_all(*streams, exclude=exclude)
+        return _state().publisher.to_all(*streams, exclude=exclude, exclude_socket=exclude_socket)
 
     def batch(self) -> Batch:
         """Collect pushes to send together in one Redis round trip when the block ends.
@@ -342,6 +372,7 @@ class Turbo:
         targets: str | None = None,
         method: str | None = None,
         exclude: str | None = None,
+        exclude_socket: str | None = None,
         **context: Any,
     ) -> AsyncResult:
         """Have a Celery worker render ``template`` and send it to one session; returns at once.
@@ -358,6 +389,7 @@ class Turbo:
         :param targets: a CSS selector instead of ``target``.
         :param method: ``"morph"`` for replace and update.
         :param exclude: a session id whose sockets must not get it.
+        :param exclude_socket: a socket id (``socket_id()``) that must not get it.
         :param context: the template's variables (JSON values: ids, not objects).
         :raises CeleryNotConfiguredError: no Celery app to enqueue on.
         :raises InvalidChannelError: a malformed session id.
@@ -368,7 +400,9 @@ class Turbo:
         def channel(prefix: str) -> str:
             return channel_for(session_id, prefix)
 
-        return enqueue(channel, action, target, targets, method, template, context, exclude)
+        return enqueue(
+            channel, action, target, targets, method, template, context, exclude, exclude_socket
+        )
 
     def to_user_later(
         self,
@@ -380,6 +414,7 @@ class Turbo:
         targets: str | None = None,
         method: str | None = None,
         exclude: str | None = None,
+        exclude_socket: str | None = None,
         **context: Any,
     ) -> AsyncResult:
         """Have a Celery worker render ``template`` and send it to every socket of one user.
@@ -391,6 +426,7 @@ class Turbo:
         :param targets: a CSS selector instead of ``target``.
         :param method: ``"morph"`` for replace and update.
         :param exclude: a session id whose sockets must not get it.
+        :param exclude_socket: a socket id (``socket_id()``) that must not get it.
         :param context: the template's variables (JSON values).
         :raises CeleryNotConfiguredError: no Celery app to enqueue on.
         :raises InvalidChannelError: a user id that cannot name a channel.
@@ -401,7 +437,9 @@ class Turbo:
         def channel(prefix: str) -> str:
             return user_channel(user_id, prefix)
 
-        return enqueue(channel, action, target, targets, method, template, context, exclude)
+        return enqueue(
+            channel, action, target, targets, method, template, context, exclude, exclude_socket
+        )
 
     def to_stream_later(
         self,
@@ -413,6 +451,7 @@ class Turbo:
         targets: str | None = None,
         method: str | None = None,
         exclude: str | None = None,
+        exclude_socket: str | None = None,
         **context: Any,
     ) -> AsyncResult:
         """Have a Celery worker render ``template`` and send it to every page of a named stream.
@@ -424,6 +463,7 @@ class Turbo:
         :param targets: a CSS selector instead of ``target``.
         :param method: ``"morph"`` for replace and update.
         :param exclude: a session id whose sockets must not get it.
+        :param exclude_socket: a socket id (``socket_id()``) that must not get it.
         :param context: the template's variables (JSON values).
         :raises CeleryNotConfiguredError: no Celery app to enqueue on.
         :raises InvalidChannelError: a name that cannot name a channel.
@@ -434,7 +474,9 @@ class Turbo:
         def channel(prefix: str) -> str:
             return stream_channel(name, prefix)
 
-        return enqueue(channel, action, target, targets, method, template, context, exclude)
+        return enqueue(
+            channel, action, target, targets, method, template, context, exclude, exclude_socket
+        )
 
     def to_all_later(
         self,
@@ -445,6 +487,7 @@ class Turbo:
         targets: str | None = None,
         method: str | None = None,
         exclude: str | None = None,
+        exclude_socket: str | None = None,
         **context: Any,
     ) -> AsyncResult:
         """Have a Celery worker render ``template`` and send it to every socket, everywhere.
@@ -455,6 +498,7 @@ class Turbo:
         :param targets: a CSS selector instead of ``target``.
         :param method: ``"morph"`` for replace and update.
         :param exclude: a session id whose sockets must not get it.
+        :param exclude_socket: a socket id (``socket_id()``) that must not get it.
         :param context: the template's variables (JSON values).
         :raises CeleryNotConfiguredError: no Celery app to enqueue on.
         :raises InvalidStreamError: a bad action, target or method.
@@ -462,5 +506,13 @@ class Turbo:
         from .tasks import enqueue
 
         return enqueue(
-            broadcast_channel, action, target, targets, method, template, context, exclude
+            broadcast_channel,
+            action,
+            target,
+            targets,
+            method,
+            template,
+            context,
+            exclude,
+            exclude_socket,
         )

@@ -11,7 +11,7 @@ from flask import current_app, g, request, session, url_for
 from markupsafe import Markup, escape
 
 from .assets import script_tag
-from .channels import valid_session_id
+from .channels import valid_session_id, valid_socket_id
 from .errors import TurboError
 from .settings import setting
 from .signing import StreamSigner
@@ -26,6 +26,10 @@ SSE_ENDPOINT = "turbo_stream_events"
 TRANSPORTS = ("turbo", "websocket", "sse")
 #: The query flag of a stream source that listens to its named streams only.
 STREAMS_ONLY = ("only", "streams")
+#: The request header in which ``<turbocast-stream-source>`` sends its socket's id.
+SOCKET_HEADER = "X-Turbocast-Socket"
+#: The query parameter in which it sends the id back when it reconnects.
+SOCKET_PARAM = "socket"
 
 _HOST_RE = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 _ATTR_RE = re.compile(r"[a-zA-Z_:][-a-zA-Z0-9_:.]*")
@@ -48,6 +52,20 @@ def session_id() -> str:
         session[SESSION_KEY] = sid
     assert isinstance(sid, str)
     return sid
+
+
+def socket_id() -> str | None:
+    """Return the id of the socket of the tab that sent this request, or ``None``.
+
+    A page with ``turbo_stream_source(transport="websocket")`` adds its socket's id
+    to every request Turbo makes (the ``X-Turbocast-Socket`` header); pass it as
+    ``exclude_socket=`` to leave out that tab while the session's other tabs get the
+    push. ``None`` when the header is missing or malformed: a request not made by
+    Turbo, or a page with another transport (those sockets cannot be told their id).
+    The header is the client's word: it can only make a push skip the socket named.
+    """
+    value = request.headers.get(SOCKET_HEADER)
+    return value if valid_socket_id(value) else None
 
 
 def _forwarded(header: str, trusted: int) -> str | None:

@@ -2,8 +2,8 @@
 
 Publishing appends to the channel's history and publishes in one round trip (a
 Lua script: XADD, trim by count and age, PUBLISH ``"<id> <html>"``, or
-``"<id>;x=<session id> <html>"`` when one session is excluded; see
-:mod:`turbocast.message`). Many messages go in one round trip too
+``"<id>;x=<session id> <html>"`` when one session is excluded, ``;s=<socket id>``
+when one socket is; see :mod:`turbocast.message`). Many messages go in one round trip too
 (:meth:`History.publish_many`: the same script for each, pipelined). Every
 message gets the stream entry's id (``<ms>-<seq>``). The script picks it from a
 clock key shared by every channel of the prefix, so ids follow publish order
@@ -32,7 +32,8 @@ START = "0-0"
 # KEYS[1] history key, KEYS[2] clock key (the last id handed out, any channel).
 # ARGV: payload, max length, max age (ms), pub/sub channel, the publish's token,
 # "" on a first attempt or, on a retry, the ms from which the first attempt's
-# entry would be found, and the session id it excludes ("" for none). Returns
+# entry would be found, the session id it excludes ("" for none) and the socket id
+# it excludes ("" for none). Returns
 # {id, receivers} or, when a retry finds that the first attempt landed, {its id,
 # the channel's subscribers now, 1}.
 # The id is max(now, clock) with the next sequence. When the stream's top is
@@ -62,9 +63,15 @@ if last then
 end
 local id = string.format('%d-%d', ms, seq)
 local exclude = ARGV[7] or ''
+local exclude_socket = ARGV[8] or ''
 local fields = {'d', ARGV[1], 'p', ARGV[5]}
 if exclude ~= '' then
-  fields[5], fields[6] = 'x', exclude
+  table.insert(fields, 'x')
+  table.insert(fields, exclude)
+end
+if exclude_socket ~= '' then
+  table.insert(fields, 's')
+  table.insert(fields, exclude_socket)
 end
 local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[2], id, unpack(fields))
 if type(added) == 'table' and added.err then
@@ -78,15 +85,19 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 local head = id
 if exclude ~= '' then
-  head = id .. ';x=' .. exclude
+  head = head .. ';x=' .. exclude
+end
+if exclude_socket ~= '' then
+  head = head .. ';s=' .. exclude_socket
 end
 local receivers = redis.call('PUBLISH', ARGV[4], head .. ' ' .. ARGV[1])
 return {id, receivers}
 """
 
 
-#: A history entry as read back: its id, its HTML, and the session it excludes (or ``None``).
-Entry = tuple[str, bytes, bytes | None]
+#: A history entry as read back: its id, its HTML, the session and the socket it excludes
+#: (each ``None`` when it excludes none).
+Entry = tuple[str, bytes, bytes | None, bytes | None]
 
 
 class Publication(NamedTuple):
@@ -102,6 +113,8 @@ class Publication(NamedTuple):
     token: bytes
     #: A session id whose sockets must not get it, or ``None``.
     exclude: str | None = None
+    #: A socket id that must not get it, or ``None``.
+    exclude_socket: str | None = None
 
 
 def parse_id(value: bytes | str) -> tuple[int, int]:
@@ -165,6 +178,7 @@ class History:
         token: bytes | None = None,
         retry_from_ms: int | None = None,
         exclude: str | None = None,
+        exclude_socket: str | None = None,
     ) -> tuple[str, int]:
         """Append to the history and publish, in one round trip.
 
@@ -179,13 +193,16 @@ class History:
             again, and its id is returned with the channel's current number of
             subscribers (``PUBSUB NUMSUB``), since how many got it then is unknown.
         :param exclude: a session id whose sockets must not get it (checked by the caller).
+        :param exclude_socket: a socket id that must not get it (checked by the caller).
         :returns: the message's id and how many subscribers (web processes) got it.
         """
         if token is None:
             if retry_from_ms is not None:
                 raise ValueError("a retry needs the first attempt's token")
             token = os.urandom(16)
-        keys, args = self._call(key, channel, payload, token, retry_from_ms, exclude)
+        keys, args = self._call(
+            key, channel, payload, token, retry_from_ms, exclude, exclude_socket
+        )
         if self._pool is None:
             result = self._script(keys=list(keys), args=list(args))
         else:
@@ -215,7 +232,9 @@ class History:
             wrong type), after every reply was read: the others were published.
         """
         calls = [
-            self._call(p.key, p.channel, p.payload, p.token, retry_from_ms, p.exclude)
+            self._call(
+                p.key, p.channel, p.payload, p.token, retry_from_ms, p.exclude, p.exclude_socket
+            )
             for p in publications
         ]
         if not calls:
@@ -246,10 +265,12 @@ class History:
         token: bytes,
         retry_from_ms: int | None,
         exclude: str | None,
+        exclude_socket: str | None = None,
     ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
         since = "" if retry_from_ms is None else str(max(0, retry_from_ms))
         keys = (key, self.clock_key)
-        return keys, (payload, self.maxlen, self.max_age_ms, channel, token, since, exclude or "")
+        args = (payload, self.maxlen, self.max_age_ms, channel, token, since)
+        return keys, (*args, exclude or "", exclude_socket or "")
 
     def _run_scripts(self, calls: list[tuple[tuple[str, ...], tuple[Any, ...]]]) -> list[Any]:
         # Every command is written before any reply is read: one round trip. An error
@@ -333,8 +354,8 @@ class History:
 
         :param key: the channel's history key.
         :param position: the last id the reader has (``"0-0"``: it has nothing).
-        :returns: ``(entries, gap)``: ``[(id, payload, excluded session or None), ...]``
-            oldest first. ``gap`` is
+        :returns: ``(entries, gap)``: ``[(id, payload, excluded session or None,
+            excluded socket or None), ...]`` oldest first. ``gap`` is
             true when messages published after ``position`` may be missing, so the
             reader cannot be brought up to date message by message: the reader's own
             last entry is gone (trimmed, expired, or Redis lost the history), or, for a
@@ -394,7 +415,7 @@ def _read(after: str, found: Any, own: Any, info: Any) -> tuple[list[Entry], boo
         # No history at all: lost (expired, or Redis lost its data) unless the
         # reader had nothing, in which case nothing was ever there for it.
         return [], after != START
-    entries = [(_text(i), fields[b"d"], fields.get(b"x")) for i, fields in found]
+    entries = [(_text(i), f[b"d"], f.get(b"x"), f.get(b"s")) for i, f in found]
     return entries, _gap(parse_id(after), bool(own), info)
 
 

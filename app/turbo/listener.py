@@ -316,7 +316,10 @@ class Listener:
                 newest = entries[-1][0] if entries else format_id(last)
                 missed.append(Message(channel, label, newest, REFRESH_HTML, gap=True))
                 continue
-            missed += [Message(channel, label, i, html, exclude=x) for i, html, x in entries]
+            missed += [
+                Message(channel, label, i, html, exclude=x, exclude_socket=sock)
+                for i, html, x, sock in entries
+            ]
         # Ids come from one clock across channels: their order is the publish order.
         missed.sort(key=lambda m: m.key or (0, 0))
         for message in missed:

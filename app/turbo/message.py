@@ -12,14 +12,19 @@ Two wire formats, chosen per socket at the handshake:
 - tagged (WebSocket subprotocol ``turbocast.v1``): a first line ``m <label> <id>``
   (or ``g <label> <id>`` for a gap: the history no longer holds what the client
   missed), a newline, then the HTML. The client keeps the last id per label and
-  sends it back as ``since=<label>~<id>`` when it reconnects.
+  sends it back as ``since=<label>~<id>`` when it reconnects. The socket's very
+  first message is ``i <socket id>`` and a newline, without HTML: the socket's own
+  id, which the client keeps, sends back as ``socket=<id>`` when it reconnects, and
+  puts on the page's requests (``X-Turbocast-Socket``) for ``exclude_socket=``.
 
 What the publisher sends on Redis pub/sub (and what the relay parses) is
-``<id> <html>``, or ``<id>;x=<session id> <html>`` for a message that one browser
-session must not get (``exclude=``): the relay skips the outboxes of that
-session's sockets. The history entry keeps the excluded session too (field
-``x``), so a replay or a catch-up skips it the same way. A payload without an
-id (published by something else) is HTML alone.
+``<id> <html>``, or with marks after the id for what must not get it:
+``<id>;x=<session id> <html>`` leaves out one browser session (``exclude=``): the
+relay skips the outboxes of that session's sockets; ``<id>;s=<socket id> <html>``
+leaves out one socket (``exclude_socket=``); both may come, ``x`` first. The
+history entry keeps them too (fields ``x`` and ``s``), so a replay or a catch-up
+skips the same sockets. A payload without an id (published by something else)
+is HTML alone.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ SUBPROTOCOL = "turbocast.v1"
 #: Bytes a message counts for, beyond its HTML: a frame header and the tagged first line.
 FRAME_OVERHEAD = 64
 
-#: What separates a message's id from the session it excludes, in a pub/sub payload.
-EXCLUDE_MARK = b";x="
+#: The kind of the socket's first tagged message, which tells the client its socket id.
+IDENTITY_KIND = "i"
 
 #: The stream a gap is answered with: Turbo fetches and renders the page again.
 REFRESH_HTML = b'<turbo-stream action="refresh"></turbo-stream>'
@@ -49,10 +54,11 @@ class Message:
     :param html: the Turbo Stream HTML, UTF-8.
     :param gap: whether this message stands for messages that can no longer be replayed.
     :param exclude: the session id (ASCII) whose sockets must not get it, or ``None``.
+    :param exclude_socket: the socket id (ASCII) that must not get it, or ``None``.
     """
 
-    __slots__ = ("channel", "label", "id", "key", "html", "gap", "exclude", "size", "_plain",
-                 "_tagged")  # fmt: skip
+    __slots__ = ("channel", "label", "id", "key", "html", "gap", "exclude", "exclude_socket",
+                 "size", "_plain", "_tagged")  # fmt: skip
 
     def __init__(
         self,
@@ -63,6 +69,7 @@ class Message:
         *,
         gap: bool = False,
         exclude: bytes | None = None,
+        exclude_socket: bytes | None = None,
     ) -> None:
         self.channel = channel
         self.label = label
@@ -71,6 +78,7 @@ class Message:
         self.html = html
         self.gap = gap
         self.exclude = exclude
+        self.exclude_socket = exclude_socket
         #: What it counts against an outbox's bound: its HTML and a frame's overhead.
         self.size = len(html) + FRAME_OVERHEAD
         self._plain: bytes | None = None
@@ -78,7 +86,7 @@ class Message:
 
     @classmethod
     def from_payload(cls, channel: bytes, label: str, payload: bytes) -> Message:
-        """Split what the publisher sent (``b"<id> <html>"``, ``b"<id>;x=<sid> <html>"``).
+        """Split what the publisher sent (``b"<id> <html>"``, ``b"<id>;x=<sid>;s=<sock> <html>"``).
 
         :param channel: the pub/sub channel.
         :param label: the channel's label.
@@ -86,11 +94,14 @@ class Message:
         """
         head, sep, html = payload.partition(b" ")
         if sep and head[:1].isdigit():
-            head, mark, exclude = head.partition(EXCLUDE_MARK)
+            message_id, *marks = head.split(b";")
+            excluded = {name: value for name, _, value in (m.partition(b"=") for m in marks)}
             try:
-                if mark and not exclude:
-                    raise ValueError("an exclusion without a session id")
-                return cls(channel, label, head.decode("ascii"), html, exclude=exclude or None)
+                if not all(excluded.values()) or not excluded.keys() <= {b"x", b"s"}:
+                    raise ValueError("an exclusion without an id, or of something unknown")
+                text_id = message_id.decode("ascii")
+                x, s = excluded.get(b"x"), excluded.get(b"s")
+                return cls(channel, label, text_id, html, exclude=x, exclude_socket=s)
             except (ValueError, UnicodeDecodeError):
                 pass
         # Published by something other than turbocast's Publisher: no id, no history.
@@ -111,6 +122,14 @@ class Message:
             head = kind + self.label.encode() + b" " + (self.id or "-").encode() + b"\n"
             self._tagged = encode_text_frame(head + self.html)
         return self._tagged
+
+
+def identity_frame(socket_id: str) -> bytes:
+    """The WebSocket frame that tells a ``turbocast.v1`` client its socket id: ``i <id>``.
+
+    :param socket_id: the socket's id (:func:`turbocast.channels.new_socket_id`).
+    """
+    return encode_text_frame(f"{IDENTITY_KIND} {socket_id}\n".encode("ascii"))
 
 
 class Cursor:

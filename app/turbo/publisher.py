@@ -13,9 +13,10 @@ A :class:`Batch` (``with publisher.batch() as batch:``) sends many messages in
 one round trip: each still gets its own id and history entry, in the order given,
 and its own token, so a retried batch sends none of them twice.
 
-Any push can leave out one browser session (``exclude=session_id``): the
-originating tab that already rendered the change. The relay skips that
-session's sockets, live, in a replay and in a catch-up alike.
+Any push can leave out one browser session (``exclude=session_id``), or one
+socket (``exclude_socket=socket_id``): the originating tab that already rendered
+the change. The relay skips that session's sockets, or that socket, live, in a
+replay and in a catch-up alike.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .channels import (
     stream_channel,
     user_channel,
     valid_session_id,
+    valid_socket_id,
 )
 from .errors import InvalidChannelError, MessageTooLargeError, PublishError
 from .history import History, Publication
@@ -135,48 +137,95 @@ class Publisher:
             history_seconds=float(setting(config, "TURBO_HISTORY_SECONDS")),
         )
 
-    def to_session(self, session_id: str, *streams: Any, exclude: str | None = None) -> int:
+    def to_session(
+        self,
+        session_id: str,
+        *streams: Any,
+        exclude: str | None = None,
+        exclude_socket: str | None = None,
+    ) -> int:
         """Send streams to every socket of one browser session.
 
         :param session_id: the session's id (``session_id()`` in a view).
         :param streams: ``TurboStream`` objects (or ``Markup`` of turbo-stream elements),
             sent together as one message.
         :param exclude: a session id whose sockets must not get it (see :meth:`publish`).
+        :param exclude_socket: a socket id that must not get it (see :meth:`publish`).
         :returns: how many web processes received it (0 when nobody listens).
         """
-        return self.publish(channel_for(session_id, self.prefix), *streams, exclude=exclude)
+        return self.publish(
+            channel_for(session_id, self.prefix),
+            *streams,
+            exclude=exclude,
+            exclude_socket=exclude_socket,
+        )
 
-    def to_user(self, user_id: str | int, *streams: Any, exclude: str | None = None) -> int:
+    def to_user(
+        self,
+        user_id: str | int,
+        *streams: Any,
+        exclude: str | None = None,
+        exclude_socket: str | None = None,
+    ) -> int:
         """Send streams to every socket of every session of one user, on every web process.
 
         :param user_id: the user's id, as the app's user loader returns it.
         :param streams: ``TurboStream`` objects, sent together as one message.
         :param exclude: a session id whose sockets must not get it (see :meth:`publish`).
+        :param exclude_socket: a socket id that must not get it (see :meth:`publish`).
         :returns: how many web processes received it.
         """
-        return self.publish(user_channel(user_id, self.prefix), *streams, exclude=exclude)
+        return self.publish(
+            user_channel(user_id, self.prefix),
+            *streams,
+            exclude=exclude,
+            exclude_socket=exclude_socket,
+        )
 
-    def to_stream(self, name: str, *streams: Any, exclude: str | None = None) -> int:
+    def to_stream(
+        self,
+        name: str,
+        *streams: Any,
+        exclude: str | None = None,
+        exclude_socket: str | None = None,
+    ) -> int:
         """Send streams to every page that listens to a named stream.
 
         :param name: the stream's name, such as ``"board:42"``; pages ask for it with
             ``turbo_stream_source(streams=["board:42"])``.
         :param streams: ``TurboStream`` objects, sent together as one message.
         :param exclude: a session id whose sockets must not get it (see :meth:`publish`).
+        :param exclude_socket: a socket id that must not get it (see :meth:`publish`).
         :returns: how many web processes received it.
         """
-        return self.publish(stream_channel(name, self.prefix), *streams, exclude=exclude)
+        return self.publish(
+            stream_channel(name, self.prefix),
+            *streams,
+            exclude=exclude,
+            exclude_socket=exclude_socket,
+        )
 
-    def to_all(self, *streams: Any, exclude: str | None = None) -> int:
+    def to_all(
+        self, *streams: Any, exclude: str | None = None, exclude_socket: str | None = None
+    ) -> int:
         """Send streams to every connected socket, everywhere.
 
         :param streams: ``TurboStream`` objects, sent together as one message.
         :param exclude: a session id whose sockets must not get it (see :meth:`publish`).
+        :param exclude_socket: a socket id that must not get it (see :meth:`publish`).
         :returns: how many web processes received it.
         """
-        return self.publish(broadcast_channel(self.prefix), *streams, exclude=exclude)
+        return self.publish(
+            broadcast_channel(self.prefix), *streams, exclude=exclude, exclude_socket=exclude_socket
+        )
 
-    def publish(self, channel: str, *streams: Any, exclude: str | None = None) -> int:
+    def publish(
+        self,
+        channel: str,
+        *streams: Any,
+        exclude: str | None = None,
+        exclude_socket: str | None = None,
+    ) -> int:
         """Send streams on a channel built by :mod:`turbocast.channels`.
 
         :param channel: the channel name.
@@ -185,16 +234,22 @@ class Publisher:
             get this message, say the tab that made the change and rendered it already.
             It travels with the message, and with its history entry: a replay or a
             catch-up to that session skips it too. ``None``: everyone on the channel.
+        :param exclude_socket: one socket's id (``socket_id()`` in a view: the tab whose
+            request this is) that must not get this message, while the session's other
+            tabs do. It travels like ``exclude``. Only ``<turbocast-stream-source>``
+            (``transport="websocket"``) sockets have an id; others are never left out.
         :raises MessageTooLargeError: when the message exceeds ``max_message_bytes``.
-        :raises InvalidChannelError: when ``exclude`` is not a session id.
+        :raises InvalidChannelError: when ``exclude`` is not a session id, or
+            ``exclude_socket`` not a socket id.
         :raises PublishError: when Redis refused it, or could not be reached twice.
         :returns: how many web processes received it. When the first attempt's reply was
             lost but the message had landed, the retry does not send it again and returns
             how many are subscribed to the channel now.
         """
         excluded = check_exclude(exclude)
+        excluded_socket = check_exclude_socket(exclude_socket)
         payload = self.encode(*streams)
-        return self._publish(channel, payload, excluded)
+        return self._publish(channel, payload, excluded, excluded_socket)
 
     def batch(self) -> Batch:
         """Collect messages to send together, in one Redis round trip, when the block ends.
@@ -206,7 +261,7 @@ class Publisher:
                     batch.to_session(sid, TurboStream.update("count", str(n)))
             batch.receivers   # how many web processes got each message, in order
 
-        Each call checks its message at once (size, channel, ``exclude``) and raises
+        Each call checks its message at once (size, channel, the exclusions) and raises
         there, so a batch with a bad message sends nothing; an exception that leaves
         the block sends nothing either. See :class:`Batch` for what a failure of Redis
         means.
@@ -227,12 +282,20 @@ class Publisher:
             )
         return payload
 
-    def _publish(self, channel: str, payload: bytes, exclude: str | None = None) -> int:
+    def _publish(
+        self,
+        channel: str,
+        payload: bytes,
+        exclude: str | None = None,
+        exclude_socket: str | None = None,
+    ) -> int:
         key = history_key(channel, self.prefix)
         token = os.urandom(16)
         started_ms = int(time.time() * 1000)
         try:
-            return self.history.publish(key, channel, payload, token=token, exclude=exclude)[1]
+            return self.history.publish(
+                key, channel, payload, token=token, exclude=exclude, exclude_socket=exclude_socket
+            )[1]
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # A dropped connection or a Redis restart: one more try on a fresh connection.
             logger.warning(
@@ -250,6 +313,7 @@ class Publisher:
                 token=token,
                 retry_from_ms=started_ms - _RETRY_SLACK_MS,
                 exclude=exclude,
+                exclude_socket=exclude_socket,
             )[1]
         except redis.RedisError as exc:
             raise self._failed(channel, exc) from exc
@@ -312,11 +376,25 @@ def check_exclude(exclude: object) -> str | None:
     )
 
 
+def check_exclude_socket(exclude_socket: object) -> str | None:
+    """``exclude_socket`` if it is a socket id (or ``None``), else :class:`InvalidChannelError`.
+
+    :param exclude_socket: what a caller passed as ``exclude_socket=``.
+    """
+    if exclude_socket is None or valid_socket_id(exclude_socket):
+        return exclude_socket  # type: ignore[return-value]
+    raise InvalidChannelError(
+        f"exclude_socket={exclude_socket!r} is not a socket id (16-64 characters of "
+        "A-Z a-z 0-9 _ -): pass socket_id() of the request, which is None without one"
+    )
+
+
 class Batch:
     """Messages to send together, in order, in one Redis round trip: :meth:`Publisher.batch`.
 
     The calls mirror the publisher's (:meth:`to_session`, :meth:`to_user`,
-    :meth:`to_stream`, :meth:`to_all`, :meth:`publish`, each with ``exclude=``) and
+    :meth:`to_stream`, :meth:`to_all`, :meth:`publish`, each with ``exclude=`` and
+    ``exclude_socket=``) and
     check their message at once, raising there; nothing is sent until :meth:`send`,
     which the ``with`` block calls when it ends without an exception.
 
@@ -358,57 +436,113 @@ class Batch:
         if exc_type is None:
             self.send()
 
-    def publish(self, channel: str, *streams: Any, exclude: str | None = None) -> None:
+    def publish(
+        self,
+        channel: str,
+        *streams: Any,
+        exclude: str | None = None,
+        exclude_socket: str | None = None,
+    ) -> None:
         """Add a message on a channel built by :mod:`turbocast.channels`.
 
         :param channel: the channel name.
         :param streams: ``TurboStream`` objects, sent together as one message.
         :param exclude: a session id whose sockets must not get it.
+        :param exclude_socket: a socket id that must not get it.
         :raises MessageTooLargeError: the message exceeds the size limit.
-        :raises InvalidChannelError: a channel outside the prefix, or a bad ``exclude``.
+        :raises InvalidChannelError: a channel outside the prefix, or a bad ``exclude`` or
+            ``exclude_socket``.
         """
         if self.receivers is not None:
             raise PublishError("this batch was sent already: start another one")
         publisher = self._publisher
         excluded = check_exclude(exclude)
+        excluded_socket = check_exclude_socket(exclude_socket)
         key = history_key(channel, publisher.prefix)
         payload = publisher.encode(*streams)
-        self._publications.append(Publication(key, channel, payload, os.urandom(16), excluded))
+        token = os.urandom(16)
+        self._publications.append(
+            Publication(key, channel, payload, token, excluded, excluded_socket)
+        )
 
-    def to_session(self, session_id: str, *streams: Any, exclude: str | None = None) -> None:
+    def to_session(
+        self,
+        session_id: str,
+        *streams: Any,
+        exclude: str | None = None,
+        exclude_socket: str | None = None,
+    ) -> None:
         """Add a message for one browser session (see :meth:`Publisher.to_session`).
 
         :param session_id: the session's id.
         :param streams: ``TurboStream`` objects, sent together as one message.
         :param exclude: a session id whose sockets must not get it.
+        :param exclude_socket: a socket id that must not get it.
         """
-        self.publish(channel_for(session_id, self._publisher.prefix), *streams, exclude=exclude)
+        self.publish(
+            channel_for(session_id, self._publisher.prefix),
+            *streams,
+            exclude=exclude,
+            exclude_socket=exclude_socket,
+        )
 
-    def to_user(self, user_id: str | int, *streams: Any, exclude: str | None = None) -> None:
+    def to_user(
+        self,
+        user_id: str | int,
+        *streams: Any,
+        exclude: str | None = None,
+        exclude_socket: str | None = None,
+    ) -> None:
         """Add a message for every socket of one user (see :meth:`Publisher.to_user`).
 
         :param user_id: the user's id.
         :param streams: ``TurboStream`` objects, sent together as one message.
         :param exclude: a session id whose sockets must not get it.
+        :param exclude_socket: a socket id that must not get it.
         """
-        self.publish(user_channel(user_id, self._publisher.prefix), *streams, exclude=exclude)
+        self.publish(
+            user_channel(user_id, self._publisher.prefix),
+            *streams,
+            exclude=exclude,
+            exclude_socket=exclude_socket,
+        )
 
-    def to_stream(self, name: str, *streams: Any, exclude: str | None = None) -> None:
+    def to_stream(
+        self,
+        name: str,
+        *streams: Any,
+        exclude: str | None = None,
+        exclude_socket: str | None = None,
+    ) -> None:
         """Add a message for every page of a named stream (see :meth:`Publisher.to_stream`).
 
         :param name: the stream's name.
         :param streams: ``TurboStream`` objects, sent together as one message.
         :param exclude: a session id whose sockets must not get it.
+        :param exclude_socket: a socket id that must not get it.
         """
-        self.publish(stream_channel(name, self._publisher.prefix), *streams, exclude=exclude)
+        self.publish(
+            stream_channel(name, self._publisher.prefix),
+            *streams,
+            exclude=exclude,
+            exclude_socket=exclude_socket,
+        )
 
-    def to_all(self, *streams: Any, exclude: str | None = None) -> None:
+    def to_all(
+        self, *streams: Any, exclude: str | None = None, exclude_socket: str | None = None
+    ) -> None:
         """Add a message for every socket (see :meth:`Publisher.to_all`).
 
         :param streams: ``TurboStream`` objects, sent together as one message.
         :param exclude: a session id whose sockets must not get it.
+        :param exclude_socket: a socket id that must not get it.
         """
-        self.publish(broadcast_channel(self._publisher.prefix), *streams, exclude=exclude)
+        self.publish(
+            broadcast_channel(self._publisher.prefix),
+            *streams,
+            exclude=exclude,
+            exclude_socket=exclude_socket,
+        )
 
     def send(self) -> list[int]:
         """Send every message added, in one round trip (an empty batch sends nothing).

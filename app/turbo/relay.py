@@ -44,21 +44,26 @@ CLOSE_GOING_AWAY = 1001
 
 
 class Subscription:
-    """What :meth:`Relay.attach` hands back: one socket's channels, outbox and session.
+    """What :meth:`Relay.attach` hands back: one socket's channels, outbox, session and id.
 
     ``ready`` is set once Redis has confirmed the subscription to every channel:
     from then on, everything published on them reaches the outbox, except what
-    excludes ``session``.
+    excludes ``session`` or ``socket``.
     """
 
-    __slots__ = ("channels", "outbox", "session", "ready")
+    __slots__ = ("channels", "outbox", "session", "socket", "ready")
 
     def __init__(
-        self, channels: tuple[bytes, ...], outbox: Outbox, session: bytes | None = None
+        self,
+        channels: tuple[bytes, ...],
+        outbox: Outbox,
+        session: bytes | None = None,
+        socket: bytes | None = None,
     ) -> None:
         self.channels = channels
         self.outbox = outbox
         self.session = session
+        self.socket = socket
         self.ready = threading.Event()
 
 
@@ -115,6 +120,8 @@ class Relay:
         self._registry: dict[bytes, frozenset[Outbox]] = {}
         # outbox -> its socket's session id, for messages that exclude a session.
         self._sessions: dict[Outbox, bytes] = {}
+        # outbox -> its socket's id, for messages that exclude one socket.
+        self._sockets: dict[Outbox, bytes] = {}
         self._waiting: list[Subscription] = []
         self._started = False
         self._listener = Listener(
@@ -179,7 +186,11 @@ class Relay:
     # -- the registry (handler threads) ----------------------------------------
 
     def attach(
-        self, channels: Iterable[str], outbox: Outbox, session: str | None = None
+        self,
+        channels: Iterable[str],
+        outbox: Outbox,
+        session: str | None = None,
+        socket: str | None = None,
     ) -> Subscription:
         """Deliver what arrives on ``channels`` to ``outbox`` until :meth:`detach`.
 
@@ -189,14 +200,19 @@ class Relay:
         :param outbox: the socket's outbox.
         :param session: the socket's browser session id: a message that excludes it
             (``exclude=``) is not put into this outbox.
+        :param socket: the socket's id: a message that excludes it (``exclude_socket=``)
+            is not put into this outbox.
         """
         sid = session.encode() if session is not None else None
-        sub = Subscription(tuple(dict.fromkeys(c.encode() for c in channels)), outbox, sid)
+        own = socket.encode() if socket is not None else None
+        sub = Subscription(tuple(dict.fromkeys(c.encode() for c in channels)), outbox, sid, own)
         with self._lock:
             for channel in sub.channels:
                 self._registry[channel] = self._registry.get(channel, frozenset()) | {outbox}
             if sid is not None:
                 self._sessions[outbox] = sid
+            if own is not None:
+                self._sockets[outbox] = own
             self._waiting.append(sub)
         # Always through the listener, even for channels subscribed already: only it
         # knows whether an UNSUBSCRIBE of one of them is on its way.
@@ -213,6 +229,7 @@ class Relay:
             if sub in self._waiting:
                 self._waiting.remove(sub)
             self._sessions.pop(sub.outbox, None)
+            self._sockets.pop(sub.outbox, None)
             for channel in sub.channels:
                 remaining = self._registry.get(channel, frozenset()) - {sub.outbox}
                 if remaining:
@@ -269,7 +286,8 @@ class Relay:
     def deliver(self, message: Message) -> None:
         """Put a message into the outbox of every local socket on its channel.
 
-        A message that excludes a session skips the outboxes of that session's sockets.
+        A message that excludes a session skips the outboxes of that session's sockets;
+        one that excludes a socket skips the outbox of the socket with that id.
         An outbox that passes its bound closes itself (4001) and takes no more.
 
         :param message: the message, shared by every socket it goes to.
@@ -277,14 +295,16 @@ class Relay:
         outboxes = self._registry.get(message.channel)
         if not outboxes:
             return  # a socket left between UNSUBSCRIBE and this message
-        excluded = message.exclude
-        if excluded is None:
+        excluded, excluded_socket = message.exclude, message.exclude_socket
+        if excluded is None and excluded_socket is None:
             for outbox in outboxes:
                 outbox.put(message)
         else:
-            sessions = self._sessions
+            sessions, sockets = self._sessions, self._sockets
             for outbox in outboxes:
-                if sessions.get(outbox) != excluded:
+                if (excluded is None or sessions.get(outbox) != excluded) and (
+                    excluded_socket is None or sockets.get(outbox) != excluded_socket
+                ):
                     outbox.put(message)
         self.delivered += 1
 

@@ -46,7 +46,7 @@ from .errors import (
     PublishError,
 )
 from .extension import TurboState, _state
-from .publisher import check_exclude
+from .publisher import check_exclude, check_exclude_socket
 from .rendering import build_stream, render_stream
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ def _publish_template(
     template: str,
     context: dict[str, Any],
     exclude: str | None = None,
+    exclude_socket: str | None = None,
 ) -> int:
     """Render ``template`` into a stream and publish it on ``channel`` (runs in a worker).
 
@@ -84,10 +85,12 @@ def _publish_template(
     :param template: the Jinja2 template that renders the content.
     :param context: the template's variables.
     :param exclude: a session id whose sockets must not get it.
+    :param exclude_socket: a socket id (``socket_id()``) that must not get it.
     """
     stream = render_stream(action, target, template=template, targets=targets, method=method,
                            **context)  # fmt: skip
-    return _state().publisher.publish(channel, stream, exclude=exclude)
+    publisher = _state().publisher
+    return publisher.publish(channel, stream, exclude=exclude, exclude_socket=exclude_socket)
 
 
 if _celery_missing is None:
@@ -141,6 +144,7 @@ def enqueue(
     template: str,
     context: dict[str, Any],
     exclude: str | None = None,
+    exclude_socket: str | None = None,
 ) -> AsyncResult:
     """Check a stream in the caller, then enqueue it for a worker to render and publish.
 
@@ -155,10 +159,11 @@ def enqueue(
     :param template: the Jinja2 template that renders the content, in the worker.
     :param context: the template's variables (JSON values).
     :param exclude: a session id whose sockets must not get it.
+    :param exclude_socket: a socket id (``socket_id()``) that must not get it.
     :raises ModuleNotFoundError: Celery is not installed (``turbocast[celery]``).
     :raises CeleryNotConfiguredError: no Celery app to enqueue on.
-    :raises InvalidChannelError: an id or a name that cannot name a channel, or an
-        ``exclude`` that is not a session id.
+    :raises InvalidChannelError: an id or a name that cannot name a channel, an
+        ``exclude`` that is not a session id, or an ``exclude_socket`` not a socket id.
     :raises InvalidStreamError: a bad action, target or method.
     """
     _require_celery()
@@ -166,12 +171,15 @@ def enqueue(
     celery_app = celery_app_of(state)
     channel = channel_of(str(state.config["TURBO_CHANNEL_PREFIX"]))
     check_exclude(exclude)
+    check_exclude_socket(exclude_socket)
     # Refuse a bad action, target or method now, in the view, not later in a worker.
     build_stream(action, target, targets, method, Markup("")).render()
     args: list[Any] = [channel, action, target, targets, method, template, context]
     if exclude is not None:
         args.append(exclude)  # (only then: a worker of an older release takes seven)
-    return celery_app.send_task(TASK_NAME, args=args)
+    # A keyword, and only when given: what an older worker takes is unchanged otherwise.
+    kwargs = {"exclude_socket": exclude_socket} if exclude_socket is not None else None
+    return celery_app.send_task(TASK_NAME, args=args, kwargs=kwargs)
 
 
 def send_later(
@@ -183,6 +191,7 @@ def send_later(
     targets: str | None = None,
     method: str | None = None,
     exclude: str | None = None,
+    exclude_socket: str | None = None,
     **context: Any,
 ) -> AsyncResult:
     """Have a worker render ``template`` and send it to one session; returns at once.
@@ -199,6 +208,7 @@ def send_later(
     :param targets: a CSS selector instead of ``target``.
     :param method: ``"morph"`` for replace and update.
     :param exclude: a session id whose sockets must not get it.
+    :param exclude_socket: a socket id (``socket_id()``) that must not get it.
     :param context: the template's variables (JSON values: ids, not objects).
     :raises CeleryNotConfiguredError: no Celery app to enqueue on.
     :raises InvalidChannelError: a malformed session id.
@@ -209,7 +219,9 @@ def send_later(
     def channel(prefix: str) -> str:
         return channel_for(session_id, prefix)
 
-    return enqueue(channel, action, target, targets, method, template, context, exclude)
+    return enqueue(
+        channel, action, target, targets, method, template, context, exclude, exclude_socket
+    )
 
 
 def broadcast_later(
@@ -220,6 +232,7 @@ def broadcast_later(
     targets: str | None = None,
     method: str | None = None,
     exclude: str | None = None,
+    exclude_socket: str | None = None,
     **context: Any,
 ) -> AsyncResult:
     """Have a worker render ``template`` and send it to every socket; returns at once.
@@ -232,9 +245,20 @@ def broadcast_later(
     :param targets: a CSS selector instead of ``target``.
     :param method: ``"morph"`` for replace and update.
     :param exclude: a session id whose sockets must not get it.
+    :param exclude_socket: a socket id (``socket_id()``) that must not get it.
     :param context: the template's variables (JSON values).
     :raises CeleryNotConfiguredError: no Celery app to enqueue on.
     :raises InvalidStreamError: a bad action, target or method.
     :raises ModuleNotFoundError: Celery is not installed (``turbocast[celery]``).
     """
-    return enqueue(broadcast_channel, action, target, targets, method, template, context, exclude)
+    return enqueue(
+        broadcast_channel,
+        action,
+        target,
+        targets,
+        method,
+        template,
+        context,
+        exclude,
+        exclude_socket,
+    )

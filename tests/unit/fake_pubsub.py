@@ -198,7 +198,8 @@ class FakeHistory:
     """Answers ``since(key, position)`` from a table; records every call.
 
     :param answers: ``{history key: (entries, gap)}``; other keys have nothing. An entry
-        is ``(id, html)``, or ``(id, html, excluded session)`` as History returns it.
+        is ``(id, html)``, ``(id, html, excluded session)``, or ``(id, html, excluded
+        session, excluded socket)`` as History returns it.
     :param fail: the exception to raise for a call (given the key), or ``None``: answer.
     :param on_call: called at each call (to note what the test wants to know then).
     """
@@ -211,7 +212,7 @@ class FakeHistory:
         on_call: Callable[[], object] = lambda: None,
     ) -> None:
         self.answers = {
-            key: ([(*e, None) if len(e) == 2 else e for e in entries], gap)
+            key: ([(*e, *(None,) * (4 - len(e))) for e in entries], gap)
             for key, (entries, gap) in (answers or {}).items()
         }
         self.fail = fail

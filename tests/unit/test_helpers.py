@@ -20,7 +20,7 @@ from tests.unit.fake_streams import FakeStreamsRedis
 from turbocast.assets import digest
 from turbocast.channels import valid_session_id
 from turbocast.errors import TurboError
-from turbocast.helpers import SESSION_KEY, session_id, stream_url, turbo_stream_source
+from turbocast.helpers import SESSION_KEY, session_id, socket_id, stream_url, turbo_stream_source
 from turbocast.publisher import Publisher
 from turbocast.signing import StreamSigner
 
@@ -518,3 +518,18 @@ def test_a_second_websocket_source_brings_the_same_script_url(app):
     assert first.startswith(script)
     assert second.startswith(script)
     assert "only=streams" in second
+
+
+# -- socket_id -----------------------------------------------------------------------------
+
+
+def test_socket_id_is_the_tabs_header_when_well_formed(app):
+    with app.test_request_context("/", headers={"X-Turbocast-Socket": "Sock3tSock3tSock"}):
+        assert socket_id() == "Sock3tSock3tSock"
+
+
+@pytest.mark.parametrize("value", [None, "", "short", "has space in it!!!!!", "x" * 65])
+def test_socket_id_is_none_without_the_header_or_with_a_malformed_one(app, value):
+    headers = {} if value is None else {"X-Turbocast-Socket": value}
+    with app.test_request_context("/", headers=headers):
+        assert socket_id() is None

@@ -138,7 +138,7 @@ def test_publish_runs_the_script_once_with_keys_payload_limits_channel_and_a_tok
     [(keys, args)] = client.script_calls
     # The history and the clock that orders ids across channels: every key it touches.
     assert keys == [KEY, "turbo:clock"]
-    payload, maxlen, max_age_ms, channel, token, retry_from, exclude = args
+    payload, maxlen, max_age_ms, channel, token, retry_from, exclude, exclude_socket = args
     assert (payload, maxlen, max_age_ms, channel) == (
         b"<turbo-stream></turbo-stream>",
         50,
@@ -147,7 +147,7 @@ def test_publish_runs_the_script_once_with_keys_payload_limits_channel_and_a_tok
     )
     assert isinstance(token, bytes) and len(token) == 16
     assert retry_from == ""  # a first attempt: no lookup
-    assert exclude == ""  # nobody left out
+    assert exclude == exclude_socket == ""  # nobody left out
     script = client.scripts[0]
     assert "XADD" in script and "PUBLISH" in script and "KEYS[2]" in script
 
@@ -172,7 +172,7 @@ def test_a_retry_passes_the_first_attempts_token_and_where_to_look_from(client, 
     history.publish(KEY, "turbo:broadcast", b"x", token=b"t" * 16, retry_from_ms=1700000000000)
 
     [(_, args)] = client.script_calls
-    assert args[4:] == [b"t" * 16, "1700000000000", ""]
+    assert args[4:] == [b"t" * 16, "1700000000000", "", ""]
 
 
 def test_a_retry_without_the_first_attempts_token_is_refused(client, history):
@@ -225,8 +225,8 @@ def test_since_returns_the_entries_after_the_position_oldest_first(client, histo
     entries, gap = history.since(KEY, "1700-2")
 
     assert entries == [
-        ("1700-10", payload_of("1700-10"), None),
-        ("1701-0", payload_of("1701-0"), None),
+        ("1700-10", payload_of("1700-10"), None, None),
+        ("1701-0", payload_of("1701-0"), None, None),
     ]
     assert gap is False
 
@@ -283,7 +283,7 @@ def test_since_a_position_after_what_was_trimmed_is_no_gap(client, history):
     client.add(KEY, "1700-0", "1700-1", "1700-5", "1701-0")
     client.trim(KEY, 1)
 
-    assert history.since(KEY, "1700-5") == ([("1701-0", payload_of("1701-0"), None)], False)
+    assert history.since(KEY, "1700-5") == ([("1701-0", payload_of("1701-0"), None, None)], False)
 
 
 def test_since_a_position_before_an_entry_deleted_by_hand_is_a_gap(client, history):
@@ -300,7 +300,7 @@ def test_since_a_position_after_an_entry_deleted_by_hand_is_no_gap(client, histo
     client.add(KEY, "1700-0", "1700-1", "1700-5", "1701-0")
     client.xdel(KEY, "1700-1")
 
-    assert history.since(KEY, "1700-5") == ([("1701-0", payload_of("1701-0"), None)], False)
+    assert history.since(KEY, "1700-5") == ([("1701-0", payload_of("1701-0"), None, None)], False)
 
 
 def test_since_a_position_in_an_absent_history_is_a_gap(history):
@@ -315,7 +315,7 @@ def test_since_a_position_in_a_history_made_afresh_since_is_a_gap(client, histor
     client.drop(KEY)
     client.add(KEY, "1900-0")
 
-    assert history.since(KEY, "1700-1") == ([("1900-0", payload_of("1900-0"), None)], True)
+    assert history.since(KEY, "1700-1") == ([("1900-0", payload_of("1900-0"), None, None)], True)
 
 
 def test_since_start_in_a_history_made_afresh_is_no_gap(client, history):
@@ -324,7 +324,7 @@ def test_since_start_in_a_history_made_afresh_is_no_gap(client, history):
     client.drop(KEY)
     client.add(KEY, "1900-0")
 
-    assert history.since(KEY, START) == ([("1900-0", payload_of("1900-0"), None)], False)
+    assert history.since(KEY, START) == ([("1900-0", payload_of("1900-0"), None, None)], False)
 
 
 @pytest.mark.parametrize(
@@ -376,4 +376,4 @@ def test_since_reads_only_its_own_channel(client, history):
     client.add(OTHER, "1700-1", "1700-2")
     client.trim(OTHER, 1)
 
-    assert history.since(KEY, START) == ([("1700-0", payload_of("1700-0"), None)], False)
+    assert history.since(KEY, START) == ([("1700-0", payload_of("1700-0"), None, None)], False)

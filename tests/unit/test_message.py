@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from turbocast.message import REFRESH_HTML, SUBPROTOCOL, Cursor, Message
+from turbocast.message import REFRESH_HTML, SUBPROTOCOL, Cursor, Message, identity_frame
 from turbocast.outbox import encode_text_frame
 
 NEWS = b"turbo:broadcast"
@@ -177,3 +177,38 @@ def test_an_excluding_message_looks_the_same_on_the_wire():
 
     assert m.plain_frame == encode_text_frame(HTML)
     assert m.tagged_frame == encode_text_frame(b"m b 1700-0\n" + HTML)
+
+
+# -- exclude_socket ------------------------------------------------------------------------
+
+SOCKET = b"Sock3tSock3tSock"
+
+
+def test_from_payload_reads_the_socket_a_message_excludes():
+    m = Message.from_payload(NEWS, "b", b"1700-3;s=" + SOCKET + b" " + HTML)
+
+    assert (m.id, m.exclude, m.exclude_socket, m.html) == ("1700-3", None, SOCKET, HTML)
+
+
+def test_from_payload_reads_a_session_and_a_socket_excluded_together():
+    m = Message.from_payload(NEWS, "b", b"1700-3;x=" + OTHER + b";s=" + SOCKET + b" " + HTML)
+
+    assert (m.id, m.exclude, m.exclude_socket, m.html) == ("1700-3", OTHER, SOCKET, HTML)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"1700-0;s= <p>no socket after the mark</p>",
+        b"1700-0;x=abcdefghijklmnop;s= <p>no socket after the mark</p>",
+        b"1700-0;s=abcdefghijklmnop;q=1 <p>an unknown mark</p>",
+    ],
+)
+def test_from_payload_with_a_malformed_socket_mark_keeps_the_whole_payload_as_html(payload):
+    m = Message.from_payload(NEWS, "b", payload)
+
+    assert (m.id, m.exclude, m.exclude_socket, m.html) == (None, None, None, payload)
+
+
+def test_the_identity_frame_tells_the_socket_id_in_a_line_of_its_own():
+    assert identity_frame("Sock3tSock3tSock") == encode_text_frame(b"i Sock3tSock3tSock\n")

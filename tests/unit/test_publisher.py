@@ -432,3 +432,36 @@ def test_an_empty_batch_sends_nothing_and_a_sent_batch_takes_no_more(publisher, 
     with pytest.raises(PublishError, match="sent already"):
         batch.send()
     assert client.calls == []
+
+
+# -- exclude_socket= -----------------------------------------------------------------------
+
+SOCKET = "Sock3tSock3tSock"
+
+
+@pytest.mark.parametrize("call", ["to_session", "to_user", "to_stream", "to_all", "publish"])
+def test_every_push_takes_exclude_socket_and_hands_it_to_the_script(publisher, client, call):
+    audience = {
+        "to_session": (SID,),
+        "to_user": (42,),
+        "to_stream": ("board:1",),
+        "to_all": (),
+        "publish": ("turbo:broadcast",),
+    }[call]
+
+    getattr(publisher, call)(*audience, stream(), exclude_socket=SOCKET)
+
+    [(_, args)] = client.calls
+    assert (args[6], args[7]) == ("", SOCKET)  # ARGV[8]: the socket the script writes down
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "short", "has space in it!!!!!", "x" * 65, 1234567890123456789, b"a" * 20]
+)
+def test_a_malformed_exclude_socket_is_refused_before_anything_is_sent(publisher, client, bad):
+    with pytest.raises(InvalidChannelError, match="exclude_socket=.* is not a socket id"):
+        publisher.to_all(stream(), exclude_socket=bad)
+    with pytest.raises(InvalidChannelError), publisher.batch() as batch:
+        batch.to_stream("board:1", stream(), exclude_socket=bad)
+
+    assert client.calls == []

@@ -657,3 +657,59 @@ def test_a_detached_socket_forgets_its_session():
     relay.detach(relay.attach([NEWS], outbox, SID_A))
 
     assert relay._sessions == {}
+
+
+# -- exclude_socket ------------------------------------------------------------------------
+
+SOCKET_A1 = "tabOneOfSessionA"
+SOCKET_A2 = "tabTwoOfSessionA"
+
+
+def test_deliver_skips_the_excluded_socket_only_and_the_same_sessions_other_tab_gets_it():
+    relay, _, _ = make_relay()
+    a_tab1, a_tab2, b_tab, plain = Outbox(BIG), Outbox(BIG), Outbox(BIG), Outbox(BIG)
+    relay.attach([NEWS], a_tab1, SID_A, SOCKET_A1)
+    relay.attach([NEWS], a_tab2, SID_A, SOCKET_A2)
+    relay.attach([NEWS], b_tab, SID_B, "tabOfSessionBbbb")
+    relay.attach([NEWS], plain, SID_B)  # a socket without an id (an event stream)
+
+    relay.deliver(Message(b(NEWS), "b", tid(1), b"<p>", exclude_socket=SOCKET_A1.encode()))
+    relay.deliver(Message(b(NEWS), "b", tid(2), b"<p>"))
+
+    assert ids_of(a_tab1) == [tid(2)]
+    assert ids_of(a_tab2) == ids_of(b_tab) == ids_of(plain) == [tid(1), tid(2)]
+
+
+def test_a_message_excluding_a_session_and_a_socket_skips_both():
+    relay, _, _ = make_relay()
+    a_tab, b_tab1, b_tab2 = Outbox(BIG), Outbox(BIG), Outbox(BIG)
+    relay.attach([NEWS], a_tab, SID_A, SOCKET_A1)
+    relay.attach([NEWS], b_tab1, SID_B, "tabOneOfSessionB")
+    relay.attach([NEWS], b_tab2, SID_B, "tabTwoOfSessionB")
+
+    relay.deliver(
+        Message(
+            b(NEWS), "b", tid(1), b"<p>", exclude=SID_A.encode(), exclude_socket=b"tabOneOfSessionB"
+        )
+    )
+
+    assert ids_of(a_tab) == ids_of(b_tab1) == []
+    assert ids_of(b_tab2) == [tid(1)]
+
+
+def test_a_socket_excluding_message_from_redis_skips_that_socket_and_detach_forgets_its_id():
+    pubsub = FakePubSub(
+        (MESSAGE, b(NEWS), f"{tid(1)};s={SOCKET_A1} <p>".encode()),
+        published(NEWS, tid(2), b"<q>"),
+    )
+    relay, _, _ = make_relay(pubsub)
+    mine, other_tab = Outbox(BIG), Outbox(BIG)
+    sub = relay.attach([NEWS], mine, SID_A, SOCKET_A1)
+    relay.attach([NEWS], other_tab, SID_A, SOCKET_A2)
+
+    run_until_done(relay)
+
+    assert ids_of(mine) == [tid(2)]
+    assert ids_of(other_tab) == [tid(1), tid(2)]
+    relay.detach(sub)
+    assert mine not in relay._sockets

@@ -320,3 +320,34 @@ def test_without_celery_turbocast_imports_and_send_later_says_what_to_install():
     assert result.returncode == 0, result.stderr
     hint = "send_later(), broadcast_later() and the *_later methods need Celery"
     assert result.stdout.splitlines() == [f"{hint}: pip install 'turbocast[celery]'"] * 2
+
+
+def _enqueued_kwargs(celery_app: Celery) -> list[dict[str, Any]]:
+    """Take what was sent to ``celery_app``'s queue: the keyword arguments of each message."""
+    with celery_app.connection_for_read() as connection:
+        queue = connection.SimpleQueue(celery_app.conf.task_default_queue, no_ack=True)
+        try:
+            return [queue.get(timeout=0.5).payload[1]]
+        finally:
+            queue.close()
+
+
+@pytest.mark.parametrize("call", CALLS)
+def test_exclude_socket_travels_to_the_worker_as_a_keyword_leaving_the_arguments_as_they_were(
+    call, worker_app, trap
+):
+    app, turbo = flask_app(worker_app, TURBO_CHANNEL_PREFIX="shop")
+    enqueue, _ = later_calls(turbo, exclude_socket="Sock3tSock3tSock")[call]
+    with app.app_context():
+        enqueue()
+
+    assert _enqueued_kwargs(worker_app) == [{"exclude_socket": "Sock3tSock3tSock"}]
+
+
+@pytest.mark.parametrize("call", CALLS)
+def test_a_malformed_exclude_socket_is_refused_before_enqueueing(call, worker_app, trap):
+    app, turbo = flask_app(worker_app)
+    enqueue, _ = later_calls(turbo, exclude_socket="not a socket")[call]
+    with app.app_context(), pytest.raises(InvalidChannelError, match="exclude_socket="):
+        enqueue()
+    assert enqueued(worker_app) == []

@@ -168,16 +168,19 @@ def opened(
 class Serving:
     """serve() in a thread of its own, as the handler thread would run it."""
 
-    def __init__(self, ws: WebSocket, replay: list[Message] | None = None) -> None:
+    def __init__(
+        self, ws: WebSocket, replay: list[Message] | None = None, socket_id: str | None = None
+    ) -> None:
         self.ws = ws
         self.reason: str | None = None
         self.error: BaseException | None = None
+        self.socket_id = socket_id
         self.thread = threading.Thread(target=self._run, args=(replay or [],), daemon=True)
         self.thread.start()
 
     def _run(self, replay: list[Message]) -> None:
         try:
-            self.reason = self.ws.serve(replay)
+            self.reason = self.ws.serve(replay, socket_id=self.socket_id)
         except BaseException as exc:  # noqa: BLE001 - the test looks at it
             self.error = exc
 
@@ -339,6 +342,26 @@ def test_a_tagged_socket_gets_the_label_and_id_first(pair):
     serving = Serving(ws)
 
     assert peer.texts(1) == ["m s 7-0\n<p>7</p>"]
+    outbox.close(1001, "going away")
+    assert serving.result() == "going away"
+
+
+def test_a_tagged_socket_is_told_its_id_first_then_gets_the_replay(pair):
+    outbox = Outbox(1 << 20)
+    ws, peer = opened(pair[0], pair[1], outbox, subprotocols=(SUBPROTOCOL,))
+    serving = Serving(ws, [_message(7)], socket_id="Sock3tSock3tSock")
+
+    assert peer.texts(2) == ["i Sock3tSock3tSock\n", "m s 7-0\n<p>7</p>"]
+    outbox.close(1001, "going away")
+    assert serving.result() == "going away"
+
+
+def test_a_plain_socket_is_not_told_its_id(pair):
+    outbox = Outbox(1 << 20)
+    ws, peer = opened(pair[0], pair[1], outbox)
+    serving = Serving(ws, [_message(7)], socket_id="Sock3tSock3tSock")
+
+    assert peer.texts(1) == ["<p>7</p>"]
     outbox.close(1001, "going away")
     assert serving.result() == "going away"
 

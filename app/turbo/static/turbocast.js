@@ -8,6 +8,13 @@
 // "going away", 1001), sending those positions back as ?since=<label>~<id>, so
 // the server replays exactly what the page has not applied yet.
 //
+// The socket's first message is "i <socket id>" (and a newline, no HTML): the
+// server's id for this socket. The element keeps it, sends it back as
+// ?socket=<id> when it reconnects (the socket keeps its id), and adds it to every
+// same-origin request Turbo makes, as the header X-Turbocast-Socket, so a view
+// can push to everyone but this tab (exclude_socket=socket_id()). Messages of a
+// kind it does not know are ignored.
+//
 // The HTML itself is handed to Turbo, which applies it: the element is a stream
 // source registered with Turbo.connectStreamSource, dispatching "message" events.
 //
@@ -19,6 +26,7 @@
 //                          (the server sends a <turbo-stream action="refresh">).
 
 const PROTOCOL = "turbocast.v1";
+const SOCKET_HEADER = "X-Turbocast-Socket";
 const MIN_DELAY = 500;
 const MAX_DELAY = 30000;
 
@@ -67,6 +75,7 @@ class TurbocastStreamSource extends HTMLElement {
     const url = new URL(this.src);
     url.searchParams.delete("since");
     for (const [label, id] of this.positions) url.searchParams.append("since", `${label}~${id}`);
+    if (this.socketId) url.searchParams.set("socket", this.socketId);
     return url.toString();
   }
 
@@ -93,6 +102,11 @@ class TurbocastStreamSource extends HTMLElement {
     if (typeof data !== "string") return;
     const newline = data.indexOf("\n");
     const [kind, label, id] = data.slice(0, newline).split(" ");
+    if (kind === "i") {
+      this.socketId = label;
+      return;
+    }
+    if (kind !== "m" && kind !== "g") return;
     const html = data.slice(newline + 1);
     if (kind === "g" && !this.emit("turbocast:gap", { label }, true)) {
       if (id && id !== "-") this.positions.set(label, id);
@@ -109,4 +123,14 @@ class TurbocastStreamSource extends HTMLElement {
 
 if (!customElements.get("turbocast-stream-source")) {
   customElements.define("turbocast-stream-source", TurbocastStreamSource);
+  // The page's first source with an id names this tab; only to this site (no CORS preflight).
+  document.addEventListener("turbo:before-fetch-request", (event) => {
+    const { fetchOptions, url } = event.detail || {};
+    if (!fetchOptions || !url || new URL(url, location.href).origin !== location.origin) return;
+    const source = [...document.querySelectorAll("turbocast-stream-source")].find((s) => s.socketId);
+    if (!source) return;
+    const headers = fetchOptions.headers || (fetchOptions.headers = {});
+    if (headers instanceof Headers) headers.set(SOCKET_HEADER, source.socketId);
+    else headers[SOCKET_HEADER] = source.socketId;
+  });
 }

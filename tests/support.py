@@ -531,7 +531,9 @@ def page_stream_url(base_url: str, path: str, cookie: str) -> str:
 class ResumingClient:
     """A client of the ``turbocast.v1`` protocol, as ``<turbocast-stream-source>`` speaks it.
 
-    It keeps the last id of every label and reconnects with them as ``since=``.
+    It keeps the last id of every label and reconnects with them as ``since=``, and
+    the socket id the server tells it first (``i <id>``), sent back as ``socket=``
+    unless ``keep_socket_id`` is false.
     """
 
     def __init__(self, url: str, cookie: str) -> None:
@@ -544,16 +546,26 @@ class ResumingClient:
         self.ws: simple_websocket.Client | None = None
         #: (kind, label, id, html) of everything received, across reconnects.
         self.received: list[tuple[str, str, str, str]] = []
+        #: The id the server gave this client's socket (``i <id>``), once told.
+        self.socket_id: str | None = None
+        self.keep_socket_id = True
 
     def url(self) -> str:
         since = [("since", f"{label}~{pos}") for label, pos in self.positions.items()]
-        return f"{self.base}?{urlencode(self.query + since)}"
+        socket_id = [("socket", self.socket_id)] if self.socket_id and self.keep_socket_id else []
+        return f"{self.base}?{urlencode(self.query + since + socket_id)}"
 
     def connect(self) -> ResumingClient:
+        """Open the socket and read the socket id the server tells first."""
         self.ws = Client.connect(
             self.url(), subprotocols=["turbocast.v1"], headers={"Cookie": self.cookie}
         )
         assert self.ws.subprotocol == "turbocast.v1"
+        data = self.ws.receive(timeout=10)
+        assert data is not None, "no socket id within 10s"
+        kind, _, socket_id = str(data).rstrip("\n").partition(" ")
+        assert kind == "i", data
+        self.socket_id = socket_id
         return self
 
     def next(self, timeout: float = 10.0) -> tuple[str, str, str, str]:

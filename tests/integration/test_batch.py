@@ -123,6 +123,8 @@ class Sockets:
         for event in events:
             if isinstance(event, TextMessage):
                 head, _, html = event.data.partition("\n")
+                if head.startswith("i "):
+                    continue  # the socket's id, told first
                 kind, label, message_id = head.split(" ")
                 self.received[key].append((kind, label, message_id, html))
 

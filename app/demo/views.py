@@ -16,6 +16,7 @@ from flask import (
     session,
     url_for,
 )
+from markupsafe import Markup
 from werkzeug.wrappers import Response as BaseResponse
 
 from app.demo import bp, services
@@ -27,6 +28,7 @@ from turbocast import (
     TurboStream,
     render_streams,
     session_id,
+    socket_id,
     user_channel,
 )
 
@@ -128,6 +130,17 @@ def ping_my_tabs() -> BaseResponse:
         user, TurboStream.prepend("user-pings", services.user_ping_html(user, session_id()))
     )
     return _streams_or_redirect()
+
+
+@bp.post("/tabs/nudge")
+def nudge_my_other_tabs() -> BaseResponse:
+    """Push to this session's other tabs: the tab that asked (its socket) is left out."""
+    note = TurboStream.prepend(
+        "tab-nudges",
+        Markup('<li class="nudge">Nudged from another tab at {}</li>').format(services.now_text()),
+    )
+    turbo.to_session(session_id(), note, exclude_socket=socket_id())
+    return _streams_or_redirect(TurboStream.update("nudge-status", "Sent to your other tabs."))
 
 
 @bp.get("/boards/<int:board_id>")

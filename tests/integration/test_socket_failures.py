@@ -172,11 +172,11 @@ def test_a_writer_that_fails_before_it_starts_closes_with_1011_and_the_next_work
     real_serve = WebSocket.serve
     failed: list[WebSocket] = []
 
-    def serve_failing_once(self: WebSocket, replay: list[Any]) -> str:
+    def serve_failing_once(self: WebSocket, replay: list[Any], **options: Any) -> str:
         if not failed:
             failed.append(self)
             raise RuntimeError("injected: the writer failed before its first write")
-        return real_serve(self, replay)
+        return real_serve(self, replay, **options)
 
     monkeypatch.setattr(WebSocket, "serve", serve_failing_once)
     cookie = open_session(live.base_url)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import os
 import re
 import shutil
 import subprocess
+import sys
 from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from honcho.environ import parse_procfile
+from packaging.requirements import Requirement
 
 from tests.support import ROOT
 from turbocast import DEFAULTS
@@ -168,3 +172,59 @@ def test_compose_refuses_to_start_without_a_secret_key(version):
     result = _compose_config(tool, TLS_ENV)
     assert result.returncode != 0
     assert "set SECRET_KEY to a long random string" in result.stderr
+
+
+# -- What compose installs ----------------------------------------------------------------
+
+#: Modules of the demo that compose does not run: `make run`'s launcher and its Redis.
+LOCAL_ONLY = {"app/launcher.py", "app/embedded_redis.py"}
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _closure(names: set[str], extras: set[str]) -> set[str]:
+    """The distributions ``names`` install, with their dependencies (``extras`` of turbocast's)."""
+    found: set[str] = set()
+    todo = [(name, extras if name == "turbocast" else set()) for name in names]
+    while todo:
+        name, wanted = todo.pop()
+        if _canonical(name) in found:
+            continue
+        found.add(_canonical(name))
+        for line in importlib.metadata.requires(name) or []:
+            requirement = Requirement(line)
+            marker = requirement.marker
+            if marker is None or any(marker.evaluate({"extra": e}) for e in wanted or {""}):
+                todo.append((requirement.name, set(requirement.extras)))
+    return found
+
+
+def _third_party_imports() -> set[str]:
+    modules: set[str] = set()
+    for path in [*(ROOT / "app").rglob("*.py"), *(ROOT / "workers").rglob("*.py")]:
+        relative = path.relative_to(ROOT).as_posix()
+        if relative.startswith("app/turbo/") or relative in LOCAL_ONLY:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    ours = {"__future__", "app", "workers", "turbocast"}
+    return {m for m in modules - ours if m not in sys.stdlib_module_names}
+
+
+def test_compose_installs_every_package_the_demo_imports():
+    command = _compose()["services"]["install"]["command"][-1]
+    extras = set(re.search(r"-e '\.\[([a-z,]+)\]'", command).group(1).split(","))  # type: ignore[union-attr]
+    named = set(re.findall(r"'([A-Za-z][A-Za-z0-9_.\-]*)[\[<>=]", command))
+    installed = _closure({"turbocast", *named}, extras)
+    distributions = importlib.metadata.packages_distributions()
+    missing = {
+        module: distributions.get(module)
+        for module in _third_party_imports()
+        if not {_canonical(d) for d in distributions.get(module, [])} & installed
+    }
+    assert missing == {}, f"compose's install service leaves these out: {missing}"

@@ -101,6 +101,18 @@ class TurboState:
                 self._publisher = Publisher.from_config(self.config)
             return self._publisher
 
+    def use_publisher(self, publisher: Publisher | None) -> Publisher | None:
+        """Publish through ``publisher`` from now on; returns the one it replaces.
+
+        ``None`` builds one from the config again at the next push. Tests install a
+        capturing publisher this way (:mod:`turbocast.capture`).
+
+        :param publisher: the publisher every push of this app goes through.
+        """
+        with self._lock:
+            previous, self._publisher = self._publisher, publisher
+        return previous
+
     def page_channels(self, sid: str, streams: list[str], *, shared: bool = True) -> list[str]:
         """The channels a page of this session listens to: its session, everyone, its named
         streams, and its user's channel when the user loader names one.

@@ -134,3 +134,9 @@ def test_the_wheel_requires_only_what_the_core_imports(wheel):
     assert {re.split(r"[\[<>=;\s]", line)[0].lower() for line in core} == CORE_DEPENDENCIES
     assert any(line.startswith("celery") and 'extra == "celery"' in line for line in requires)
     assert any(line.startswith("gevent") and 'extra == "gevent"' in line for line in requires)
+
+
+def test_the_wheel_registers_the_pytest_plugin(wheel):
+    (entry_points,) = [n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")]
+    text = wheel.read(entry_points).decode()
+    assert "[pytest11]\nturbocast = turbocast.testing" in text

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
         TurboError,
     )
     from .extension import Turbo
+    from .health import Health, health_view
     from .helpers import session_id, socket_id, stream_url, turbo_scripts, turbo_stream_source
     from .message import SUBPROTOCOL
     from .models import broadcasts, broadcasts_refreshes, dom_id, suppressing_broadcasts
@@ -106,6 +107,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "TurboError",
     ),
     "extension": ("Turbo",),
+    "health": ("Health", "health_view"),
     "helpers": ("session_id", "socket_id", "stream_url", "turbo_scripts", "turbo_stream_source"),
     "message": ("SUBPROTOCOL",),
     # Model broadcasts need SQLAlchemy (turbocast[sqlalchemy]): imported only when used.
@@ -142,6 +144,7 @@ __all__ = [
     "StreamSigner",
     "Batch",
     "CeleryNotConfiguredError",
+    "Health",
     "InvalidChannelError",
     "InvalidStreamError",
     "MessageTooLargeError",
@@ -158,6 +161,7 @@ __all__ = [
     "channel_for",
     "close_all_sockets",
     "dom_id",
+    "health_view",
     "refresh_stream",
     "render_stream",
     "render_streams",

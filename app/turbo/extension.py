@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from celery import Celery
     from celery.result import AsyncResult
 
+    from .health import Health
+
 
 class _Current(enum.Enum):
     REQUEST = "the current request's X-Turbo-Request-Id"
@@ -264,10 +266,25 @@ class Turbo:
             endpoint=ASSETS_ENDPOINT,
             view_func=serve_asset,
         )
+        if app.config["TURBO_HEALTH_ROUTE"]:
+            from .health import health_view
+
+            app.add_url_rule(
+                app.config["TURBO_HEALTH_ROUTE"], endpoint="turbo_health", view_func=health_view
+            )
         app.add_template_global(turbo_scripts)
         app.context_processor(
             lambda: {"turbo_stream_source": turbo_stream_source, "turbo_stream_url": stream_url}
         )
+
+    def health(self) -> Health:
+        """Check this process: Redis answers, the relay is subscribed, the heartbeat beats.
+
+        Starts this process's relay if no socket has yet. See :mod:`turbocast.health`.
+        """
+        from .health import check
+
+        return check(_state())
 
     @property
     def publisher(self) -> Publisher:

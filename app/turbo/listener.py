@@ -26,6 +26,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
@@ -65,6 +66,20 @@ class Registry(Protocol):
     def deliver(self, message: Message) -> None: ...
 
     def confirm(self, confirmed: set[bytes]) -> None: ...
+
+
+@dataclass(frozen=True)
+class ListenerState:
+    """What :meth:`Listener.state` reports: a snapshot, for health checks."""
+
+    #: The thread is running.
+    alive: bool
+    #: The pub/sub connection is up, every channel confirmed and caught up.
+    connected: bool
+    #: Channels the relay wants that Redis has not confirmed on this connection (yet).
+    pending: int
+    #: Why the last connection was lost (``None`` while connected, or never lost).
+    error: str | None
 
 
 class Listener:
@@ -116,6 +131,7 @@ class Listener:
         self._last: dict[bytes, tuple[int, int]] = {}
         self._lost_at_ms: int | None = None
         self._run_id: str | None = None
+        self._error: str | None = None
         #: Set while the pub/sub connection is up, every channel confirmed and caught up.
         self.connected = threading.Event()
 
@@ -139,6 +155,17 @@ class Listener:
     def alive(self) -> bool:
         """Whether the thread is running."""
         return self._thread.is_alive()
+
+    def state(self) -> ListenerState:
+        """A snapshot of the thread and its connection (any thread may call it)."""
+        connected = self.connected.is_set()
+        confirmed = set(self._confirmed)  # (replaced or changed by the thread: copy once)
+        return ListenerState(
+            alive=self.alive,
+            connected=connected,
+            pending=len(self._relay.wanted() - confirmed),
+            error=None if connected else self._error,
+        )
 
     def wake(self) -> None:
         """The relay's registry changed: subscribe or unsubscribe now, not at the next poll."""
@@ -171,6 +198,7 @@ class Listener:
             delay = min(delay * 2, BACKOFF_CAP)
 
     def _lost(self, exc: BaseException, delay: float, attempt: int) -> None:
+        self._error = f"{exc.__class__.__name__}: {exc}"
         logger.warning(
             "relay lost Redis (%s); reconnecting in up to %.0fs",
             exc.__class__.__name__,

@@ -21,6 +21,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -29,7 +30,7 @@ from redis.retry import Retry
 
 from .heartbeat import Heartbeat
 from .history import History
-from .listener import Listener, PubSub
+from .listener import Listener, ListenerState, PubSub
 from .message import Message
 from .outbox import Outbox
 from .subscriber import Subscriber
@@ -65,6 +66,18 @@ class Subscription:
         self.session = session
         self.socket = socket
         self.ready = threading.Event()
+
+
+@dataclass(frozen=True)
+class RelayState:
+    """What :meth:`Relay.state` reports: a snapshot, for health checks."""
+
+    #: Started in this process (not inherited through a fork) and its listener thread alive.
+    running: bool
+    #: The listener thread and its pub/sub connection.
+    listener: ListenerState
+    #: The heartbeat thread is alive; ``None``: heartbeats are off (``heartbeat_interval`` 0).
+    heartbeat: bool | None
 
 
 class Relay:
@@ -172,6 +185,14 @@ class Relay:
     def running(self) -> bool:
         """Whether the listener thread is alive in this process."""
         return self._listener.alive and self.pid == os.getpid()
+
+    def state(self) -> RelayState:
+        """A snapshot of the relay's threads and its Redis connection (for health checks)."""
+        return RelayState(
+            running=self.running,
+            listener=self._listener.state(),
+            heartbeat=None if self._heartbeat is None else self._heartbeat.alive,
+        )
 
     @property
     def connected(self) -> threading.Event:

@@ -44,6 +44,10 @@ DEFAULTS: dict[str, Any] = {
     "TURBO_TRUSTED_PROXIES": 0,
     # Seconds of pub/sub silence before the relay pings Redis to find a dead link.
     "TURBO_REDIS_HEALTH_CHECK_INTERVAL": 15.0,
+    # Path of the health check (turbocast.health_view); None: not mounted.
+    "TURBO_HEALTH_ROUTE": None,
+    # Seconds the health check waits for Redis's PONG, and for a (re)starting relay.
+    "TURBO_HEALTH_TIMEOUT": 1.0,
     # Origins, besides the site's own, whose pages may open a socket (["*"]: any).
     "TURBO_ALLOWED_ORIGINS": [],
     # Open sockets one session may hold in one web process; 0: no cap.

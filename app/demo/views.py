@@ -27,6 +27,7 @@ from turbocast import (
     InvalidChannelError,
     TurboStream,
     render_streams,
+    rotate_session_id,
     session_id,
     socket_id,
     user_channel,
@@ -110,14 +111,27 @@ def login() -> BaseResponse:
         user_channel(name)  # refuses what cannot be a user id
     except InvalidChannelError:
         abort(400, "a name is 1-128 characters of A-Z a-z 0-9 _ . @ + = -")
+    _sign_out()  # a change of user: the previous one's sockets close everywhere
     session["user"] = name
     return redirect(request.referrer or url_for("demo.index"), code=303)
 
 
 @bp.post("/logout")
 def logout() -> BaseResponse:
-    session.pop("user", None)
+    """Sign out: this browser's sockets and the user's close (4003) on every web process."""
+    _sign_out()
     return redirect(request.referrer or url_for("demo.index"), code=303)
+
+
+def _sign_out() -> None:
+    # The cookie first names the new identity, then the old one's sockets are closed:
+    # a closed tab that reloads gets the new one (the README's sign-in recipe).
+    user = session.pop("user", None)
+    old_sid = session_id()
+    rotate_session_id()
+    turbo.disconnect_session(old_sid)
+    if isinstance(user, str):
+        turbo.disconnect_user(user)
 
 
 @bp.post("/me/ping")

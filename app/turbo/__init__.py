@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         CLOSE_INTERNAL_ERROR,
         CLOSE_MESSAGE_TOO_BIG,
         CLOSE_POLICY_VIOLATION,
+        CLOSE_SIGNED_OUT,
     )
     from .endpoint import (
         STATUS_BAD_ORIGIN,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
         STATUS_NO_SESSION,
         STATUS_REDIS_UNAVAILABLE,
         STATUS_SERVER_CANNOT_HOLD,
+        STATUS_SIGNED_OUT,
         STATUS_TOO_MANY_SOCKETS,
     )
     from .errors import (
@@ -59,7 +61,14 @@ if TYPE_CHECKING:
         TurboError,
     )
     from .extension import Turbo
-    from .helpers import session_id, socket_id, stream_url, turbo_scripts, turbo_stream_source
+    from .helpers import (
+        rotate_session_id,
+        session_id,
+        socket_id,
+        stream_url,
+        turbo_scripts,
+        turbo_stream_source,
+    )
     from .message import SUBPROTOCOL
     from .models import broadcasts, broadcasts_refreshes, dom_id, suppressing_broadcasts
     from .outbox import CLOSE_OUTBOX_OVERFLOW
@@ -87,6 +96,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "CLOSE_INTERNAL_ERROR",
         "CLOSE_MESSAGE_TOO_BIG",
         "CLOSE_POLICY_VIOLATION",
+        "CLOSE_SIGNED_OUT",
     ),
     "endpoint": (
         "STATUS_BAD_ORIGIN",
@@ -95,6 +105,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "STATUS_NO_SESSION",
         "STATUS_REDIS_UNAVAILABLE",
         "STATUS_SERVER_CANNOT_HOLD",
+        "STATUS_SIGNED_OUT",
         "STATUS_TOO_MANY_SOCKETS",
     ),
     "errors": (
@@ -106,7 +117,14 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "TurboError",
     ),
     "extension": ("Turbo",),
-    "helpers": ("session_id", "socket_id", "stream_url", "turbo_scripts", "turbo_stream_source"),
+    "helpers": (
+        "rotate_session_id",
+        "session_id",
+        "socket_id",
+        "stream_url",
+        "turbo_scripts",
+        "turbo_stream_source",
+    ),
     "message": ("SUBPROTOCOL",),
     # Model broadcasts need SQLAlchemy (turbocast[sqlalchemy]): imported only when used.
     "models": ("broadcasts", "broadcasts_refreshes", "dom_id", "suppressing_broadcasts"),
@@ -129,6 +147,7 @@ __all__ = [
     "CLOSE_MESSAGE_TOO_BIG",
     "CLOSE_OUTBOX_OVERFLOW",
     "CLOSE_POLICY_VIOLATION",
+    "CLOSE_SIGNED_OUT",
     "DEFAULTS",
     "MIME_TYPE",
     "STATUS_BAD_ORIGIN",
@@ -137,6 +156,7 @@ __all__ = [
     "STATUS_NO_SESSION",
     "STATUS_REDIS_UNAVAILABLE",
     "STATUS_SERVER_CANNOT_HOLD",
+    "STATUS_SIGNED_OUT",
     "STATUS_TOO_MANY_SOCKETS",
     "SUBPROTOCOL",
     "StreamSigner",
@@ -162,6 +182,7 @@ __all__ = [
     "render_stream",
     "render_streams",
     "send_later",
+    "rotate_session_id",
     "session_id",
     "socket_id",
     "stream_channel",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 
 from flask import (
     Response,
@@ -27,6 +28,7 @@ from turbocast import (
     TurboStream,
     health_view,
     render_streams,
+    rotate_session_id,
     session_id,
     socket_id,
     user_channel,
@@ -110,14 +112,39 @@ def login() -> BaseResponse:
         user_channel(name)  # refuses what cannot be a user id
     except InvalidChannelError:
         abort(400, "a name is 1-128 characters of A-Z a-z 0-9 _ . @ + = -")
+    disconnect = _sign_out()  # a change of user: the previous one's sockets close everywhere
     session["user"] = name
-    return redirect(request.referrer or url_for("demo.index"), code=303)
+    response = redirect(request.referrer or url_for("demo.index"), code=303)
+    response.call_on_close(disconnect)
+    return response
 
 
 @bp.post("/logout")
 def logout() -> BaseResponse:
-    session.pop("user", None)
-    return redirect(request.referrer or url_for("demo.index"), code=303)
+    """Sign out: this browser's sockets and the user's close (4003) on every web process."""
+    response = redirect(request.referrer or url_for("demo.index"), code=303)
+    response.call_on_close(_sign_out())
+    return response
+
+
+def _sign_out() -> Callable[[], None]:
+    """Give the browser a new identity now; return what closes the old one's sockets.
+
+    The closing runs once the response, with its new cookie, has gone out
+    (``call_on_close``): a closed tab reloads at once, and a reload that left before
+    the new cookie arrived would render the old identity again.
+    """
+    user = session.pop("user", None)
+    old_sid = session_id()
+    rotate_session_id()
+    publisher = turbo.publisher
+
+    def disconnect() -> None:
+        publisher.disconnect_session(old_sid)
+        if isinstance(user, str):
+            publisher.disconnect_user(user)
+
+    return disconnect
 
 
 @bp.post("/me/ping")

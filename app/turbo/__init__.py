@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         CLOSE_INTERNAL_ERROR,
         CLOSE_MESSAGE_TOO_BIG,
         CLOSE_POLICY_VIOLATION,
+        CLOSE_SIGNED_OUT,
     )
     from .endpoint import (
         STATUS_BAD_ORIGIN,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
         STATUS_NO_SESSION,
         STATUS_REDIS_UNAVAILABLE,
         STATUS_SERVER_CANNOT_HOLD,
+        STATUS_SIGNED_OUT,
         STATUS_TOO_MANY_SOCKETS,
     )
     from .errors import (
@@ -60,7 +62,14 @@ if TYPE_CHECKING:
     )
     from .extension import Turbo
     from .health import Health, health_view
-    from .helpers import session_id, socket_id, stream_url, turbo_scripts, turbo_stream_source
+    from .helpers import (
+        rotate_session_id,
+        session_id,
+        socket_id,
+        stream_url,
+        turbo_scripts,
+        turbo_stream_source,
+    )
     from .message import SUBPROTOCOL
     from .models import broadcasts, broadcasts_refreshes, dom_id, suppressing_broadcasts
     from .outbox import CLOSE_OUTBOX_OVERFLOW
@@ -88,6 +97,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "CLOSE_INTERNAL_ERROR",
         "CLOSE_MESSAGE_TOO_BIG",
         "CLOSE_POLICY_VIOLATION",
+        "CLOSE_SIGNED_OUT",
     ),
     "endpoint": (
         "STATUS_BAD_ORIGIN",
@@ -96,6 +106,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "STATUS_NO_SESSION",
         "STATUS_REDIS_UNAVAILABLE",
         "STATUS_SERVER_CANNOT_HOLD",
+        "STATUS_SIGNED_OUT",
         "STATUS_TOO_MANY_SOCKETS",
     ),
     "errors": (
@@ -108,7 +119,14 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "extension": ("Turbo",),
     "health": ("Health", "health_view"),
-    "helpers": ("session_id", "socket_id", "stream_url", "turbo_scripts", "turbo_stream_source"),
+    "helpers": (
+        "rotate_session_id",
+        "session_id",
+        "socket_id",
+        "stream_url",
+        "turbo_scripts",
+        "turbo_stream_source",
+    ),
     "message": ("SUBPROTOCOL",),
     # Model broadcasts need SQLAlchemy (turbocast[sqlalchemy]): imported only when used.
     "models": ("broadcasts", "broadcasts_refreshes", "dom_id", "suppressing_broadcasts"),
@@ -131,6 +149,7 @@ __all__ = [
     "CLOSE_MESSAGE_TOO_BIG",
     "CLOSE_OUTBOX_OVERFLOW",
     "CLOSE_POLICY_VIOLATION",
+    "CLOSE_SIGNED_OUT",
     "DEFAULTS",
     "MIME_TYPE",
     "STATUS_BAD_ORIGIN",
@@ -139,6 +158,7 @@ __all__ = [
     "STATUS_NO_SESSION",
     "STATUS_REDIS_UNAVAILABLE",
     "STATUS_SERVER_CANNOT_HOLD",
+    "STATUS_SIGNED_OUT",
     "STATUS_TOO_MANY_SOCKETS",
     "SUBPROTOCOL",
     "StreamSigner",
@@ -166,6 +186,7 @@ __all__ = [
     "render_stream",
     "render_streams",
     "send_later",
+    "rotate_session_id",
     "session_id",
     "socket_id",
     "stream_channel",

@@ -102,6 +102,14 @@ def user_channel(user_id: str | int, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{_check_prefix(prefix)}:user:{user_key(user_id)}"
 
 
+def control_channel(prefix: str = DEFAULT_PREFIX) -> str:
+    """Return the channel every relay listens to for orders (``disconnect_session``...).
+
+    :param prefix: the channel namespace (``TURBO_CHANNEL_PREFIX``).
+    """
+    return f"{_check_prefix(prefix)}:control"
+
+
 def check_stream_name(name: object) -> str:
     """Return ``name`` if it can name a stream, or raise :class:`InvalidChannelError`.
 

@@ -65,6 +65,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from .control import CLOSE_SIGNED_OUT as CLOSE_SIGNED_OUT
 from .errors import HandshakeError
 from .handoff import is_gevent_socket, is_tls_socket
 from .message import SUBPROTOCOL, Cursor, Message, identity_frame

@@ -32,7 +32,14 @@ import redis
 from flask import Response, request, session
 
 from . import handoff
-from .channels import history_key, label_for, new_socket_id, valid_session_id, valid_socket_id
+from .channels import (
+    history_key,
+    label_for,
+    new_socket_id,
+    user_key,
+    valid_session_id,
+    valid_socket_id,
+)
 from .connection import CLOSE_INTERNAL_ERROR, WebSocket
 from .errors import HandshakeError, InvalidChannelError, TurboError
 from .extension import TurboState, _state
@@ -50,6 +57,9 @@ STATUS_NO_SESSION = 403
 STATUS_BAD_ORIGIN = 403
 #: HTTP status of a handshake asking for a stream without a valid signature.
 STATUS_BAD_STREAM = 403
+#: HTTP status of a handshake of a session or user signed out meanwhile (see
+#: :meth:`~turbocast.relay.Relay.signed_out`).
+STATUS_SIGNED_OUT = 403
 #: HTTP status of a handshake with a malformed ``since`` position.
 STATUS_BAD_POSITION = 400
 #: HTTP status of a handshake past ``TURBO_MAX_SOCKETS_PER_SESSION``.
@@ -76,6 +86,10 @@ class Admission:
     since: dict[str, str]
     #: The socket's id (WebSockets only: an event stream cannot be told its id).
     socket_id: str | None = None
+    #: Its user's channel key, or ``None`` when nobody is signed in.
+    user: str | None = None
+    #: When its admission began (``time.monotonic()``): a sign-out after it refuses it.
+    started: float = 0.0
 
 
 def _refuse(
@@ -164,6 +178,7 @@ def _server_refusal() -> Response | None:
 
 def _admit(state: TurboState, positions: list[str]) -> Admission | Response:
     """Every check a client must pass, in order; the admission or the refusal."""
+    started = time.monotonic()
     refusal = _server_refusal() or _origin_refusal(state.config)
     if refusal is not None:
         return refusal
@@ -179,7 +194,21 @@ def _admit(state: TurboState, positions: list[str]) -> Admission | Response:
     since = parse_positions(positions)
     if since is None:
         return _refuse(STATUS_BAD_POSITION, "invalid since position")
-    return Admission(sid, channels, since)
+    return Admission(sid, channels, since, user=_user(state, channels), started=started)
+
+
+def _user(state: TurboState, channels: list[str]) -> str | None:
+    """The channel key of the socket's user, for ``disconnect_user``."""
+    head = f"{state.config['TURBO_CHANNEL_PREFIX']}:user:"
+    for channel in channels:
+        if channel.startswith(head):
+            return channel[len(head) :]
+    # A page's second source (only=streams) has no user channel: ask the loader.
+    try:
+        user_id = state.turbo.load_user_id()
+        return user_key(user_id) if user_id is not None else None
+    except InvalidChannelError:
+        return None
 
 
 def _socket_id() -> str:
@@ -245,10 +274,16 @@ def _subscribe(
     """
     deadline = time.monotonic() + float(state.config["TURBO_REDIS_TIMEOUT"])
     relay = state.relay()
-    sub: Subscription = relay.attach(admission.channels, outbox, admission.sid, admission.socket_id)
+    sub: Subscription = relay.attach(
+        admission.channels, outbox, admission.sid, admission.socket_id, admission.user
+    )
     held.callback(relay.detach, sub)
     if not sub.ready.wait(max(0.0, deadline - time.monotonic())):
         return _refuse(STATUS_REDIS_UNAVAILABLE, "Redis unavailable: subscription not confirmed")
+    # A sign-out that arrived while this socket was admitted found no outbox to close;
+    # one arriving from now on closes the outbox (attached, and the relay is subscribed).
+    if relay.signed_out(admission.sid, admission.user, admission.started):
+        return _refuse(STATUS_SIGNED_OUT, "signed out")
     try:
         return _replay(state, admission)
     except redis.RedisError as exc:

@@ -356,6 +356,26 @@ class Turbo:
         """
         return _state().publisher.to_all(*streams, exclude=exclude, exclude_socket=exclude_socket)
 
+    def disconnect_session(self, session_id: str) -> int:
+        """Close every socket of one browser session in every web process, with 4003.
+
+        See :meth:`Publisher.disconnect_session` and the README's sign-in recipe.
+
+        :param session_id: the session's id before the sign-out.
+        :raises InvalidChannelError: a malformed session id (nothing is sent).
+        """
+        return _state().publisher.disconnect_session(session_id)
+
+    def disconnect_user(self, user_id: str | int) -> int:
+        """Close every socket of one user in every web process, with 4003.
+
+        See :meth:`Publisher.disconnect_user` and the README's sign-in recipe.
+
+        :param user_id: the user's id, as the user loader returns it.
+        :raises InvalidChannelError: a user id that cannot name a channel (nothing is sent).
+        """
+        return _state().publisher.disconnect_user(user_id)
+
     def batch(self) -> Batch:
         """Collect pushes to send together in one Redis round trip when the block ends.
 

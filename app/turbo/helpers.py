@@ -54,6 +54,18 @@ def session_id() -> str:
     return sid
 
 
+def rotate_session_id() -> str:
+    """Give this browser a new session id; returns it. Call it on sign-out and sign-in.
+
+    The old id (take ``session_id()`` before) then names no cookie any more: pass it
+    to ``turbo.disconnect_session()``. A page that reloads after its socket was
+    closed with 4003 gets a stream source of the new session.
+    """
+    sid = new_session_id()
+    session[SESSION_KEY] = sid
+    return sid
+
+
 def socket_id() -> str | None:
     """Return the id of the socket of the tab that sent this request, or ``None``.
 

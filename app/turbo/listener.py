@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import redis
 
 from .channels import history_key, label_for
+from .control import Kind, parse_order
 from .history import Entry, History, format_id
 from .message import REFRESH_HTML, Message
 from .subscriber import SUBSCRIBED, Event
@@ -67,6 +68,8 @@ class Registry(Protocol):
 
     def confirm(self, confirmed: set[bytes]) -> None: ...
 
+    def disconnect(self, kind: Kind, ident: bytes) -> int: ...
+
 
 @dataclass(frozen=True)
 class ListenerState:
@@ -88,6 +91,8 @@ class Listener:
     :param relay: the registry it serves: which channels are wanted, where messages go.
     :param prefix: the channel namespace (for labels and history keys).
     :param control_channel: the channel :meth:`wake` publishes to.
+    :param orders_channel: the channel every relay gets orders on (sign-outs, see
+        :mod:`turbocast.control`); ``None``: none.
     :param pubsub_factory: opens a fresh pub/sub connection.
     :param waker: publishes an empty message to a channel (the wake-up).
     :param history: reads channel histories for the catch-up; ``None``: no catch-up.
@@ -102,6 +107,7 @@ class Listener:
         *,
         prefix: str,
         control_channel: str,
+        orders_channel: str | None = None,
         pubsub_factory: Callable[[], PubSub],
         waker: Callable[[str], object],
         history: History | None,
@@ -112,6 +118,7 @@ class Listener:
         self.prefix = prefix
         self.control_channel = control_channel
         self._control = control_channel.encode()
+        self._orders = orders_channel.encode() if orders_channel is not None else None
         self._pubsub_factory = pubsub_factory
         self._waker = waker
         self._history = history
@@ -217,7 +224,8 @@ class Listener:
         resuming = self._lost_at_ms is not None
         held: list[tuple[bytes, bytes]] = []  # live messages held back during the catch-up
         try:
-            pubsub.subscribe(self._control)
+            # Orders are not replayed: one missed during an outage closes nothing.
+            pubsub.subscribe(*filter(None, (self._control, self._orders)))
             self._can_wake = True
             self._dirty.set()
             while not self._stop.is_set():
@@ -228,6 +236,8 @@ class Listener:
                         self._on_confirmed(channel)
                     elif channel == self._control:
                         continue
+                    elif channel == self._orders:
+                        self._order(data)
                     elif resuming:
                         held.append((channel, data))
                     else:
@@ -280,6 +290,16 @@ class Listener:
         for channel in (self._last.keys() | self._labels.keys()) - wanted:
             self._last.pop(channel, None)
             self._labels.pop(channel, None)
+
+    def _order(self, data: bytes) -> None:
+        order = parse_order(data)
+        if order is None:
+            logger.warning("relay ignored a malformed order", extra={"turbo_order": data[:80]})
+            return
+        try:
+            self._relay.disconnect(*order)
+        except Exception:  # noqa: BLE001 - one bad order must not cost the connection
+            logger.exception("relay failed to carry out an order")
 
     def _on_confirmed(self, channel: bytes) -> None:
         # Replies come in order: the last SUBSCRIBE's confirmation is the one that counts.

@@ -37,12 +37,14 @@ from .channels import (
     DEFAULT_PREFIX,
     broadcast_channel,
     channel_for,
+    control_channel,
     history_key,
     stream_channel,
     user_channel,
     valid_session_id,
     valid_socket_id,
 )
+from .control import Kind, disconnect_payload
 from .errors import InvalidChannelError, MessageTooLargeError, PublishError
 from .history import History, Publication
 from .settings import DEFAULTS, redis_url, setting
@@ -218,6 +220,51 @@ class Publisher:
         return self.publish(
             broadcast_channel(self.prefix), *streams, exclude=exclude, exclude_socket=exclude_socket
         )
+
+    def disconnect_session(self, session_id: str) -> int:
+        """Close every socket of one browser session, in every web process (close 4003).
+
+        For a sign-out: call it once the session's cookie no longer names the old
+        identity (see ``rotate_session_id``). Nothing is kept in the history: a web
+        process that is away from Redis at that moment does not close its sockets.
+
+        :param session_id: the session's id (``session_id()`` before the sign-out).
+        :returns: how many web processes received the order.
+        :raises InvalidChannelError: a malformed session id (nothing is sent).
+        :raises PublishError: Redis did not accept the order.
+        """
+        return self._order("session", session_id)
+
+    def disconnect_user(self, user_id: str | int) -> int:
+        """Close every socket of one user, in every session and web process (close 4003).
+
+        :param user_id: the user's id, as the app's user loader returns it.
+        :returns: how many web processes received the order.
+        :raises InvalidChannelError: a user id that cannot name a channel (nothing is sent).
+        :raises PublishError: Redis did not accept the order.
+        """
+        return self._order("user", user_id)
+
+    def _order(self, kind: Kind, ident: object) -> int:
+        payload = disconnect_payload(kind, ident)  # raises before anything is sent
+        channel = control_channel(self.prefix)
+        for attempt in (1, 2):
+            try:
+                receivers = int(self.client.publish(channel, payload))
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if attempt == 2:
+                    raise self._failed(channel, exc) from exc
+                # Idempotent: sent twice, it closes the same sockets.
+                logger.warning(
+                    "order failed, retrying once",
+                    extra={"turbo_channel": channel, "turbo_error": repr(exc)},
+                )
+            except redis.RedisError as exc:
+                raise self._failed(channel, exc) from exc
+            else:
+                logger.info("sign-out sent", extra={"turbo_signed_out": kind})
+                return receivers
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def publish(
         self,

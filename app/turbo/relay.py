@@ -18,8 +18,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .channels import control_channel
+from .control import CLOSE_SIGNED_OUT, Kind
 from .heartbeat import Heartbeat
 from .history import History
 from .listener import Listener, ListenerState, PubSub
@@ -43,6 +47,14 @@ _RELAYS: weakref.WeakSet[Relay] = weakref.WeakSet()
 #: Close code sent to every socket when the web process shuts down.
 CLOSE_GOING_AWAY = 1001
 
+#: How long a relay remembers a sign-out, to refuse a socket admitted meanwhile with
+#: the old identity (a handshake whose cookie left the browser before the sign-out's
+#: answer came back). A session id is never used again once rotated: remembered long.
+#: A user may sign in again at once: remembered briefly (a refused client retries).
+SESSION_ORDER_SECONDS = 3600.0
+USER_ORDER_SECONDS = 5.0
+_MAX_ORDERS = 10_000
+
 
 class Subscription:
     """What :meth:`Relay.attach` hands back: one socket's channels, outbox, session and id.
@@ -52,7 +64,7 @@ class Subscription:
     excludes ``session`` or ``socket``.
     """
 
-    __slots__ = ("channels", "outbox", "session", "socket", "ready")
+    __slots__ = ("channels", "outbox", "session", "socket", "user", "ready")
 
     def __init__(
         self,
@@ -60,11 +72,13 @@ class Subscription:
         outbox: Outbox,
         session: bytes | None = None,
         socket: bytes | None = None,
+        user: bytes | None = None,
     ) -> None:
         self.channels = channels
         self.outbox = outbox
         self.session = session
         self.socket = socket
+        self.user = user
         self.ready = threading.Event()
 
 
@@ -135,12 +149,17 @@ class Relay:
         self._sessions: dict[Outbox, bytes] = {}
         # outbox -> its socket's id, for messages that exclude one socket.
         self._sockets: dict[Outbox, bytes] = {}
+        # outbox -> its socket's user id, for disconnect_user.
+        self._users: dict[Outbox, bytes] = {}
+        # Sign-outs received: (monotonic time, kind, id), oldest first.
+        self._orders: deque[tuple[float, Kind, bytes]] = deque(maxlen=_MAX_ORDERS)
         self._waiting: list[Subscription] = []
         self._started = False
         self._listener = Listener(
             self,
             prefix=prefix,
             control_channel=f"{prefix}:relay:{uuid.uuid4().hex}",
+            orders_channel=control_channel(prefix),
             pubsub_factory=pubsub_factory,
             waker=waker,
             history=history,
@@ -212,6 +231,7 @@ class Relay:
         outbox: Outbox,
         session: str | None = None,
         socket: str | None = None,
+        user: str | None = None,
     ) -> Subscription:
         """Deliver what arrives on ``channels`` to ``outbox`` until :meth:`detach`.
 
@@ -223,10 +243,15 @@ class Relay:
             (``exclude=``) is not put into this outbox.
         :param socket: the socket's id: a message that excludes it (``exclude_socket=``)
             is not put into this outbox.
+        :param user: the socket's user id (its channel key): :meth:`disconnect` of that
+            user closes it.
         """
         sid = session.encode() if session is not None else None
         own = socket.encode() if socket is not None else None
-        sub = Subscription(tuple(dict.fromkeys(c.encode() for c in channels)), outbox, sid, own)
+        uid = user.encode() if user is not None else None
+        sub = Subscription(
+            tuple(dict.fromkeys(c.encode() for c in channels)), outbox, sid, own, uid
+        )
         with self._lock:
             for channel in sub.channels:
                 self._registry[channel] = self._registry.get(channel, frozenset()) | {outbox}
@@ -234,6 +259,8 @@ class Relay:
                 self._sessions[outbox] = sid
             if own is not None:
                 self._sockets[outbox] = own
+            if uid is not None:
+                self._users[outbox] = uid
             self._waiting.append(sub)
         # Always through the listener, even for channels subscribed already: only it
         # knows whether an UNSUBSCRIBE of one of them is on its way.
@@ -251,6 +278,7 @@ class Relay:
                 self._waiting.remove(sub)
             self._sessions.pop(sub.outbox, None)
             self._sockets.pop(sub.outbox, None)
+            self._users.pop(sub.outbox, None)
             for channel in sub.channels:
                 remaining = self._registry.get(channel, frozenset()) - {sub.outbox}
                 if remaining:
@@ -281,6 +309,58 @@ class Relay:
         for outbox in outboxes:
             outbox.close(code, reason)
         return len(outboxes)
+
+    # -- sign-outs ---------------------------------------------------------------
+
+    def disconnect(self, kind: Kind, ident: bytes) -> int:
+        """Close every local socket of one session or user with 4003 (signed out).
+
+        Called by the listener for each order on the control channel. Remembered for
+        a while (see :meth:`signed_out`), for sockets admitted meanwhile.
+
+        :param kind: ``"session"`` or ``"user"``.
+        :param ident: the session id or the user's channel key (ASCII).
+        :returns: how many sockets were asked to close.
+        """
+        with self._lock:
+            self._orders.append((time.monotonic(), kind, ident))
+            owners = self._sessions if kind == "session" else self._users
+            matched = [outbox for outbox, owner in owners.items() if owner == ident]
+            sessions = {outbox: self._sessions.get(outbox, b"") for outbox in matched}
+        for outbox in matched:
+            outbox.close(CLOSE_SIGNED_OUT, "signed out")
+            logger.info(
+                "socket signed out",
+                extra={
+                    "turbo_session": sessions[outbox][:8].decode(),
+                    "turbo_signed_out": kind,
+                },
+            )
+        return len(matched)
+
+    def signed_out(self, session: str, user: str | None, since: float) -> bool:
+        """Whether a sign-out of this session or user arrived lately, or after ``since``.
+
+        A socket's handler asks this once its subscription is ready: an order that
+        arrived while it was being admitted found no outbox to close. "Lately":
+        :data:`SESSION_ORDER_SECONDS` for a session, :data:`USER_ORDER_SECONDS` for a user.
+
+        :param session: the socket's session id.
+        :param user: its user's channel key, or ``None``.
+        :param since: when its admission began (``time.monotonic()``).
+        """
+        now = time.monotonic()
+        sid = session.encode()
+        uid = user.encode() if user is not None else None
+        with self._lock:
+            orders = list(self._orders)
+        for at, kind, ident in reversed(orders):
+            if kind == "session" and ident == sid:
+                if at >= since or now - at < SESSION_ORDER_SECONDS:
+                    return True
+            elif kind == "user" and ident == uid and (at >= since or now - at < USER_ORDER_SECONDS):
+                return True
+        return False
 
     # -- called by the listener thread -------------------------------------------
 

@@ -21,12 +21,19 @@
 // Events, dispatched on the element and bubbling:
 //   turbocast:connect      the socket is open
 //   turbocast:disconnect   the socket closed; detail: {code, reason, retryIn}
+//   turbocast:signed-out  the server closed the socket with 4003: its session or
+//                          user signed out. The element does not reconnect (its
+//                          URL and positions belong to the old identity); unless a
+//                          listener calls preventDefault(), the page is visited
+//                          again (Turbo.visit, action "replace"), so the server
+//                          renders a source for whoever the cookie names now.
 //   turbocast:gap          messages were lost for good; detail: {label}. Unless a
 //                          listener calls preventDefault(), the page is refreshed
 //                          (the server sends a <turbo-stream action="refresh">).
 
 const PROTOCOL = "turbocast.v1";
 const SOCKET_HEADER = "X-Turbocast-Socket";
+const SIGNED_OUT = 4003;
 const MIN_DELAY = 500;
 const MAX_DELAY = 30000;
 
@@ -92,6 +99,14 @@ class TurbocastStreamSource extends HTMLElement {
       if (this.socket !== socket) return;
       this.removeAttribute("connected");
       if (this.closing) return;
+      if (event.code === SIGNED_OUT) {
+        this.closing = true;
+        this.emit("turbocast:disconnect", { code: event.code, reason: event.reason, retryIn: null });
+        if (this.emit("turbocast:signed-out", {}, true)) {
+          window.Turbo.visit(location.href, { action: "replace" });
+        }
+        return;
+      }
       const retryIn = event.code === 1001 ? 0 : backoff(this.attempt++);
       this.emit("turbocast:disconnect", { code: event.code, reason: event.reason, retryIn });
       this.timer = setTimeout(() => this.open(), retryIn);

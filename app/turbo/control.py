@@ -5,10 +5,16 @@ channel (:func:`~turbocast.channels.control_channel`, ``<prefix>:control``) that
 every relay's listener subscribes to; each relay closes its matching sockets with
 :data:`~turbocast.connection.CLOSE_SIGNED_OUT`. The payload is ASCII:
 ``disconnect session <session id>`` or ``disconnect user <user id>``.
+
+One more order asks rather than closes: ``report <reply channel>`` (see
+:func:`report_payload`); each relay publishes a JSON summary of its sockets on the
+reply channel (:meth:`~turbocast.relay.Relay.report`). ``flask turbo sockets``
+sends it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from .channels import SESSION_ID_RE, USER_ID_RE, user_key, valid_session_id
@@ -22,6 +28,8 @@ Kind = Literal["session", "user"]
 CLOSE_SIGNED_OUT = 4003
 
 _VERB = b"disconnect"
+_REPORT = b"report"
+_REPLY_RE = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 
 
 def disconnect_payload(kind: Kind, ident: object) -> bytes:
@@ -59,3 +67,27 @@ def parse_order(payload: bytes) -> tuple[Kind, bytes] | None:
     if kind == b"user" and USER_ID_RE.fullmatch(text):
         return "user", ident
     return None
+
+
+def report_payload(reply_channel: str) -> bytes:
+    """The order asking every relay to publish a summary of its sockets on ``reply_channel``.
+
+    :param reply_channel: where the replies go (the asker subscribes to it first).
+    :raises ValueError: a channel name outside ``A-Z a-z 0-9 _ . : -``.
+    """
+    if not _REPLY_RE.fullmatch(reply_channel):
+        raise ValueError(f"{reply_channel!r} is not a reply channel")
+    return b" ".join((_REPORT, reply_channel.encode()))
+
+
+def parse_report(payload: bytes) -> bytes | None:
+    """The reply channel of a ``report`` order, or ``None`` when it is not one.
+
+    :param payload: what came on the control channel.
+    """
+    parts = payload.split(b" ")
+    if len(parts) != 2 or parts[0] != _REPORT:
+        return None
+    if not _REPLY_RE.fullmatch(parts[1].decode("ascii", "replace")):
+        return None
+    return parts[1]

@@ -272,6 +272,9 @@ class Turbo:
             app.add_url_rule(
                 app.config["TURBO_HEALTH_ROUTE"], endpoint="turbo_health", view_func=health_view
             )
+        from .cli import turbo_cli
+
+        app.cli.add_command(turbo_cli)
         app.add_template_global(turbo_scripts)
         app.context_processor(
             lambda: {"turbo_stream_source": turbo_stream_source, "turbo_stream_url": stream_url}

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import redis
 
 from .channels import history_key, label_for
-from .control import Kind, parse_order
+from .control import Kind, parse_order, parse_report
 from .history import Entry, History, format_id
 from .message import REFRESH_HTML, Message
 from .subscriber import SUBSCRIBED, Event
@@ -69,6 +69,8 @@ class Registry(Protocol):
     def confirm(self, confirmed: set[bytes]) -> None: ...
 
     def disconnect(self, kind: Kind, ident: bytes) -> int: ...
+
+    def report(self, reply: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -292,6 +294,13 @@ class Listener:
             self._labels.pop(channel, None)
 
     def _order(self, data: bytes) -> None:
+        reply = parse_report(data)
+        if reply is not None:
+            try:
+                self._relay.report(reply)
+            except Exception:  # noqa: BLE001 - one bad order must not cost the connection
+                logger.exception("relay failed to report its sockets")
+            return
         order = parse_order(data)
         if order is None:
             logger.warning("relay ignored a malformed order", extra={"turbo_order": data[:80]})

@@ -15,8 +15,10 @@ its history, and only then starts writing; :meth:`Relay.detach` when it ends.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import socket as _socket
 import threading
 import time
 import uuid
@@ -54,6 +56,13 @@ CLOSE_GOING_AWAY = 1001
 SESSION_ORDER_SECONDS = 3600.0
 USER_ORDER_SECONDS = 5.0
 _MAX_ORDERS = 10_000
+
+#: A relay's report (``flask turbo sockets``) lists each socket up to this many sockets;
+#: above it, only the counts per channel (the reply stays one small pub/sub message).
+REPORT_MAX_SOCKETS = 50
+
+#: How many characters of a session, socket or user id a report shows.
+REPORT_ID_CHARS = 8
 
 
 class Subscription:
@@ -110,6 +119,8 @@ class Relay:
     :param pubsub_factory: opens a fresh pub/sub connection (by default a
         :class:`~turbocast.subscriber.Subscriber`); tests pass a fake.
     :param waker: publishes to the control channel; tests pass a fake.
+    :param sender: publishes a report's reply ``(channel, data)``; tests pass a fake.
+        Default: on the relay's Redis client (none with a fake ``waker``).
     :param thread_class: the class of the listener and heartbeat threads.
     """
 
@@ -124,9 +135,12 @@ class Relay:
         heartbeat_interval: float = 0.0,
         pubsub_factory: Callable[[], PubSub] | None = None,
         waker: Callable[[str], object] | None = None,
+        sender: Callable[[str, bytes], object] | None = None,
         thread_class: type[threading.Thread] = threading.Thread,
     ) -> None:
         redis_run_id: Callable[[], str | None] = lambda: None  # noqa: E731
+        self._prefix = prefix
+        self._sender = sender
         if waker is None:
             # No retries inside redis-py: the listener does its own backoff, visibly.
             client = redis.Redis.from_url(
@@ -136,6 +150,8 @@ class Relay:
                 retry=Retry(NoBackoff(), 0),
             )
             waker = lambda channel: client.publish(channel, b"")  # noqa: E731
+            if sender is None:
+                self._sender = client.publish
             redis_run_id = lambda: _run_id(client)  # noqa: E731
         if pubsub_factory is None:
             pubsub_factory = lambda: Subscriber(  # noqa: E731
@@ -362,6 +378,71 @@ class Relay:
                 return True
         return False
 
+    # -- reports -----------------------------------------------------------------
+
+    def snapshot(self, max_sockets: int = REPORT_MAX_SOCKETS) -> dict[str, Any]:
+        """What this relay holds now, for ``flask turbo sockets``: JSON-ready.
+
+        ``pid``, ``host``, ``sockets`` (how many), ``channels`` (each channel, without
+        the prefix, ids cut to :data:`REPORT_ID_CHARS`: how many local sockets listen),
+        and ``socket_list``: each socket's session, user, socket id (cut) and channels,
+        or ``None`` when there are more than ``max_sockets`` sockets (only the counts).
+
+        :param max_sockets: the most sockets listed one by one.
+        """
+        with self._lock:
+            registry = dict(self._registry)
+            sessions, sockets, users = dict(self._sessions), dict(self._sockets), dict(self._users)
+        outboxes: dict[Outbox, list[str]] = {}
+        channels: dict[str, int] = {}
+        for channel, group in sorted(registry.items()):
+            name = self._short_channel(channel)
+            channels[name] = len(group)
+            for outbox in group:
+                outboxes.setdefault(outbox, []).append(name)
+        listed: list[dict[str, Any]] | None = None
+        if len(outboxes) <= max_sockets:
+            listed = sorted(
+                (
+                    {
+                        "session": _short(sessions.get(outbox)),
+                        "user": _short(users.get(outbox)),
+                        "socket": _short(sockets.get(outbox)),
+                        "channels": names,
+                    }
+                    for outbox, names in outboxes.items()
+                ),
+                key=lambda s: (s["session"] or "", s["socket"] or ""),
+            )
+        return {
+            "pid": self.pid if self.pid is not None else os.getpid(),
+            "host": _socket.gethostname(),
+            "sockets": len(outboxes),
+            "channels": channels,
+            "socket_list": listed,
+        }
+
+    def report(self, reply: bytes) -> None:
+        """Publish :meth:`snapshot` as JSON on ``reply`` (a ``report`` order's channel).
+
+        Called by the listener thread: one PUBLISH, bounded by the Redis timeout.
+
+        :param reply: the reply channel.
+        """
+        if self._sender is None:
+            logger.warning("relay cannot reply to a report: no sender")
+            return
+        self._sender(reply.decode(), json.dumps(self.snapshot()).encode())
+
+    def _short_channel(self, channel: bytes) -> str:
+        text = channel.decode()
+        head = f"{self._prefix}:"
+        rest = text[len(head) :] if text.startswith(head) else text
+        kind, sep, ident = rest.partition(":")
+        if kind in ("session", "user") and sep:
+            return f"{kind}:{_short(ident.encode())}"
+        return rest
+
     # -- called by the listener thread -------------------------------------------
 
     def wanted(self) -> set[bytes]:
@@ -408,6 +489,14 @@ class Relay:
                 ):
                     outbox.put(message)
         self.delivered += 1
+
+
+def _short(ident: bytes | None) -> str | None:
+    # Enough of an id to tell sockets apart and match a log line; not the whole secret.
+    if ident is None:
+        return None
+    text = ident.decode("utf-8", "replace")
+    return text if len(text) <= REPORT_ID_CHARS else text[:REPORT_ID_CHARS] + "…"
 
 
 def _run_id(client: redis.Redis) -> str | None:

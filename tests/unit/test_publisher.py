@@ -307,7 +307,7 @@ def test_the_default_timeout_is_five_seconds(monkeypatch):
 @pytest.mark.parametrize("timeout", [0, -1.0])
 def test_a_timeout_not_above_zero_is_refused(timeout):
     with pytest.raises(ValueError, match="timeout"):
-        Publisher("redis://example:6379/0", timeout=timeout)
+        Publisher("redis://example.invalid:1/0", timeout=timeout)
 
 
 def test_publisher_without_url_or_client_is_refused():

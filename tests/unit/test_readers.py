@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 
 import pytest
 
+from tests.support import wait_for
 from turbocast.readers import Readers, readers
 
 
@@ -68,10 +68,7 @@ def test_one_reader_thread_serves_many_sockets_and_drops_them_at_eof(pairs):
 
     ends[0][1].close()  # EOF on the first
     assert conns[0].gone.wait(5)
-    deadline = time.monotonic() + 5
-    while conns[0] in reader and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert conns[0] not in reader
+    wait_for(lambda: conns[0] not in reader, timeout=5, what="the closed connection to go")
     assert conns[0] not in registered(reader).values()
     assert conns[1] in reader
 
@@ -157,11 +154,7 @@ def test_a_read_that_raises_drops_only_that_socket(pairs, caplog):
     reader.add(bad)
     reader.add(good)
     bad_client.sendall(b"x")
-    deadline = time.monotonic() + 5
-    while bad in reader and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-    assert bad not in reader
+    wait_for(lambda: bad not in reader, timeout=5, what="the failing connection to go")
     assert "reading a socket failed" in caplog.text
     good_client.sendall(b"y")
     assert good.got.wait(5)

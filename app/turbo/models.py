@@ -44,7 +44,7 @@ from markupsafe import Markup
 from werkzeug.utils import import_string
 
 from .changes import CREATE, DESTROY, KINDS, UPDATE, Changes, Kind
-from .errors import InvalidStreamError, MessageTooLargeError, PublishError, TurboError
+from .errors import InvalidStreamError, TurboError
 from .extension import _state
 from .streams import TurboStream
 
@@ -527,12 +527,6 @@ def _broadcast_model(
 
 if shared_task is not None:
     #: The task; enqueued by name on the app's own Celery app, never with ``.delay()``.
-    broadcast_model = shared_task(
-        name=TASK_NAME,
-        autoretry_for=(PublishError,),
-        dont_autoretry_for=(MessageTooLargeError,),
-        retry_backoff=1,
-        retry_backoff_max=30,
-        max_retries=8,
-        ignore_result=True,
-    )(_broadcast_model)
+    from .tasks import RETRY_OPTIONS
+
+    broadcast_model = shared_task(name=TASK_NAME, **RETRY_OPTIONS)(_broadcast_model)

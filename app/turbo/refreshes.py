@@ -68,7 +68,7 @@ import redis
 from flask import has_request_context, request
 
 from .channels import check_stream_name, refresh_key
-from .errors import CeleryNotConfiguredError, InvalidStreamError, MessageTooLargeError, PublishError
+from .errors import CeleryNotConfiguredError, InvalidStreamError, PublishError
 from .extension import CURRENT_REQUEST, TurboState, _Current, _state
 from .publisher import Publisher
 from .settings import DEFAULTS
@@ -340,14 +340,11 @@ def _send_refresh(name: str, token: str) -> int:
 
 
 if _have_celery:
+    from .tasks import RETRY_OPTIONS
+
     #: The task that sends a window's refresh; only with Celery installed.
     send_refresh: Any = shared_task(
         name=TASK_NAME,
         # A retry finds its window closed (or expired) and sends without a request id.
-        autoretry_for=(PublishError, redis.RedisError),
-        dont_autoretry_for=(MessageTooLargeError,),
-        retry_backoff=1,
-        retry_backoff_max=30,
-        max_retries=8,
-        ignore_result=True,
+        **{**RETRY_OPTIONS, "autoretry_for": (PublishError, redis.RedisError)},
     )(_send_refresh)

@@ -93,18 +93,21 @@ def _publish_template(
     return publisher.publish(channel, stream, exclude=exclude, exclude_socket=exclude_socket)
 
 
+#: How each of turbocast's tasks retries a publish Redis did not take: with backoff,
+#: up to 8 times; a message too large is never retried.
+RETRY_OPTIONS: dict[str, Any] = {
+    "autoretry_for": (PublishError,),
+    "dont_autoretry_for": (MessageTooLargeError,),
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "max_retries": 8,
+    "ignore_result": True,
+}
+
 if _celery_missing is None:
     #: The task itself; only with Celery installed. Never ``.delay()`` it: that sends on
     #: Celery's current app. :func:`enqueue` sends on the app's own.
-    publish_template = shared_task(
-        name=TASK_NAME,
-        autoretry_for=(PublishError,),
-        dont_autoretry_for=(MessageTooLargeError,),
-        retry_backoff=1,
-        retry_backoff_max=30,
-        max_retries=8,
-        ignore_result=True,
-    )(_publish_template)
+    publish_template = shared_task(name=TASK_NAME, **RETRY_OPTIONS)(_publish_template)
 
 
 def _require_celery() -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from honcho.environ import parse_procfile
@@ -67,15 +69,26 @@ def main(argv: list[str] | None = None) -> int:
         redis = EmbeddedRedis().start()
         env["REDIS_URL"] = redis.url
         print(f"turbocast: embedded Redis at {redis.url} ({redis.executable})", flush=True)
+    # gunicorn's workers write their Prometheus metrics to files there, read by /metrics:
+    # an empty directory each run, for the web process only (prometheus-client's
+    # multiprocess mode).
+    metrics_dir = None
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="turbocast-metrics-")
     try:
         manager = Manager()
         for name, command in procfile.processes.items():
-            manager.add_process(name, command, env=env, cwd=str(ROOT))
+            process_env = env
+            if name == "web" and metrics_dir is not None:
+                process_env = {**env, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+            manager.add_process(name, command, env=process_env, cwd=str(ROOT))
         url = f"http://127.0.0.1:{args.port}/"
         print(f"turbocast: open {url}  (Ctrl-C stops everything)", flush=True)
         manager.loop()
         return int(manager.returncode or 0)
     finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         if redis is not None:
             redis.close()
             print("turbocast: embedded Redis stopped", flush=True)

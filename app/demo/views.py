@@ -27,6 +27,7 @@ from turbocast import (
     InvalidChannelError,
     TurboStream,
     health_view,
+    metrics_view,
     render_streams,
     rotate_session_id,
     session_id,
@@ -238,3 +239,11 @@ def healthz() -> tuple[Response, int]:
     """turbocast's health check: 200 when Redis answers, this process's relay is subscribed
     and its heartbeat beats; 503 with the reasons when not (load balancers and compose)."""
     return health_view()
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """turbocast's Prometheus metrics, every gunicorn worker's (``make run`` sets
+    ``PROMETHEUS_MULTIPROC_DIR`` for the web process). A real app keeps this off the public
+    internet: its proxy answers it only from the monitoring network."""
+    return metrics_view()

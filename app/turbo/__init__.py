@@ -71,6 +71,7 @@ if TYPE_CHECKING:
         turbo_stream_source,
     )
     from .message import SUBPROTOCOL
+    from .metrics import metrics_view
     from .models import broadcasts, broadcasts_refreshes, dom_id, suppressing_broadcasts
     from .outbox import CLOSE_OUTBOX_OVERFLOW
     from .publisher import Batch, Publisher
@@ -128,6 +129,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "turbo_stream_source",
     ),
     "message": ("SUBPROTOCOL",),
+    "metrics": ("metrics_view",),
     # Model broadcasts need SQLAlchemy (turbocast[sqlalchemy]): imported only when used.
     "models": ("broadcasts", "broadcasts_refreshes", "dom_id", "suppressing_broadcasts"),
     "outbox": ("CLOSE_OUTBOX_OVERFLOW",),
@@ -182,6 +184,7 @@ __all__ = [
     "close_all_sockets",
     "dom_id",
     "health_view",
+    "metrics_view",
     "refresh_stream",
     "render_stream",
     "render_streams",

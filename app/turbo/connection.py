@@ -65,6 +65,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from . import metrics
 from .control import CLOSE_SIGNED_OUT as CLOSE_SIGNED_OUT
 from .errors import HandshakeError
 from .handoff import is_gevent_socket, is_tls_socket
@@ -236,6 +237,11 @@ class WebSocket:
     def tagged(self) -> bool:
         """Whether the client speaks ``turbocast.v1`` (ids with every message); set by accept()."""
         return self.subprotocol == SUBPROTOCOL
+
+    @property
+    def transport(self) -> str:
+        """What the metrics count it under: ``"websocket"`` (``turbocast.v1``) or ``"turbo"``."""
+        return "websocket" if self.tagged else "turbo"
 
     # -- the handshake (handler) ------------------------------------------------------------
 
@@ -494,11 +500,17 @@ class WebSocket:
             if not _wait_for(self.sock.fileno(), wanted, timeout):
                 raise TimeoutError("the peer did not read for send_timeout seconds")
 
-    def _write(self, messages: list[Message], cursor: Cursor) -> None:
+    def _write(self, messages: list[Message], cursor: Cursor, *, replay: bool = False) -> None:
         tagged = self.tagged
-        frames = [m.tagged_frame if tagged else m.plain_frame for m in messages if cursor.admit(m)]
-        if frames:
-            self._send(b"".join(frames) if len(frames) > 1 else frames[0])
+        admitted = [m for m in messages if cursor.admit(m)]
+        if not admitted:
+            return
+        if len(admitted) == 1:
+            message = admitted[0]
+            self._send(message.tagged_frame if tagged else message.plain_frame)
+        else:
+            self._send(b"".join(m.tagged_frame if tagged else m.plain_frame for m in admitted))
+        metrics.written(admitted, time.time(), replay=replay)
 
     def serve(self, replay: list[Message], *, socket_id: str | None = None) -> str:
         """Write until the connection ends, then close it; the writer calls this after accept().
@@ -525,7 +537,7 @@ class WebSocket:
             if socket_id is not None and self.tagged:
                 self._send(identity_frame(socket_id))
             if replay:
-                self._write(replay, cursor)
+                self._write(replay, cursor, replay=True)
                 replay.clear()
             while True:
                 controls, messages, closing = drain(None)

@@ -31,7 +31,7 @@ from typing import Any
 import redis
 from flask import Response, request, session
 
-from . import handoff
+from . import handoff, metrics
 from .channels import (
     history_key,
     label_for,
@@ -45,7 +45,7 @@ from .errors import HandshakeError, InvalidChannelError, TurboError
 from .extension import TurboState, _state
 from .helpers import SESSION_KEY, SOCKET_PARAM, STREAMS_ONLY, normalize_origin, site_origin
 from .message import REFRESH_HTML, Cursor, Message
-from .outbox import Outbox
+from .outbox import CLOSE_OUTBOX_OVERFLOW, Outbox
 from .relay import Subscription
 from .signing import StreamSigner
 
@@ -298,15 +298,20 @@ def _log_closed(sid: str, outbox: Outbox, reason: str, *, gave_up: bool = False)
     :param gave_up: the server dropped the peer (a stuck write, no pong).
     """
     closing = outbox.closing
-    refused = (
-        gave_up or outbox.dropped or (closing is not None and closing.code not in (None, 1001))
-    )
+    refused = gave_up or (closing is not None and closing.code not in (None, 1001))
     logger.log(
         logging.WARNING if refused else logging.INFO,
         "socket closed: %s",
         reason,
         extra={"turbo_session": sid[:8], "turbo_dropped": outbox.dropped},
     )
+
+
+def _count_closed(transport: str, outbox: Outbox) -> None:
+    # Once detached from the relay: what its outbox threw away is final.
+    closing = outbox.closing
+    overflowed = closing is not None and closing.code == CLOSE_OUTBOX_OVERFLOW
+    metrics.socket_closed(transport, outbox.dropped, overflowed=overflowed)
 
 
 # -- WebSocket ------------------------------------------------------------------------------
@@ -352,18 +357,22 @@ def websocket_endpoint() -> Response:
         )
         # From here the writer owns the socket's slot and subscription, and ends them.
         life = held.pop_all()
+        metrics.socket_opened(ws.transport)
 
     def serve() -> None:
-        with life:
-            try:
-                reason = ws.serve(replay, socket_id=admission.socket_id)
-            except Exception:  # noqa: BLE001 - logged; the socket is closed with 1011
-                logger.exception("socket writer failed")
-                ws.abort(CLOSE_INTERNAL_ERROR, "internal error")
-                outbox.close(CLOSE_INTERNAL_ERROR, "internal error")
-                reason = "internal error"
-            # No close was asked for, yet the writer stopped: it gave up on the peer.
-            _log_closed(admission.sid, outbox, reason, gave_up=outbox.closing is None)
+        try:
+            with life:
+                try:
+                    reason = ws.serve(replay, socket_id=admission.socket_id)
+                except Exception:  # noqa: BLE001 - logged; the socket is closed with 1011
+                    logger.exception("socket writer failed")
+                    ws.abort(CLOSE_INTERNAL_ERROR, "internal error")
+                    outbox.close(CLOSE_INTERNAL_ERROR, "internal error")
+                    reason = "internal error"
+                # No close was asked for, yet the writer stopped: it gave up on the peer.
+                _log_closed(admission.sid, outbox, reason, gave_up=outbox.closing is None)
+        finally:
+            _count_closed(ws.transport, outbox)  # detached: what it threw away is final
 
     if lean is None:
         serve()
@@ -421,12 +430,14 @@ def sse_endpoint() -> Response:
         # Ended when the server closes the response, whether or not it was ever iterated.
         life = held.pop_all()
     life.callback(_log_closed, admission.sid, outbox, "event stream ended")
+    metrics.socket_opened("sse")
     response = Response(
         _sse_events(state, admission, outbox, replay),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
     response.call_on_close(life.close)
+    response.call_on_close(lambda: _count_closed("sse", outbox))  # after the detach
     return response
 
 
@@ -437,12 +448,14 @@ def _sse_events(
     cursor = Cursor()
     positions = dict(admission.since)
     yield "retry: 1000\n\n"
-    batch = replay
+    batch, replaying = replay, True
     while True:
-        events = [_sse_event(m, positions) for m in batch if cursor.admit(m)]
-        if events:
-            yield "".join(events)
+        admitted = [m for m in batch if cursor.admit(m)]
+        if admitted:
+            yield "".join(_sse_event(m, positions) for m in admitted)
+            metrics.written(admitted, time.time(), replay=replaying)
         _, batch, closing = outbox.drain(interval)
+        replaying = False
         if closing is not None:
             return
         if not batch:

@@ -272,6 +272,13 @@ class Turbo:
             app.add_url_rule(
                 app.config["TURBO_HEALTH_ROUTE"], endpoint="turbo_health", view_func=health_view
             )
+        if app.config["TURBO_METRICS_ROUTE"]:
+            from .metrics import metrics_view, registry
+
+            registry()  # raises now, at set-up, when prometheus-client is missing
+            app.add_url_rule(
+                app.config["TURBO_METRICS_ROUTE"], endpoint="turbo_metrics", view_func=metrics_view
+            )
         from .cli import turbo_cli
 
         app.cli.add_command(turbo_cli)

@@ -9,7 +9,8 @@ Events) come straight back, to another worker or the restarted one, and resume
 where they were.
 
 Keep your own gunicorn settings in your own config module and import the hooks
-there: ``from turbocast.gunicorn_hooks import post_worker_init, worker_exit``.
+there: ``from turbocast.gunicorn_hooks import post_worker_init, worker_exit, child_exit``
+(``child_exit`` is for Prometheus metrics in multiprocess mode, see :mod:`turbocast.metrics`).
 
 gunicorn's master imports this module before it forks; a gevent worker patches
 only afterwards. So it imports nothing but the standard library's basics here,
@@ -98,6 +99,22 @@ def post_worker_init(worker: Any) -> None:
     install_graceful_shutdown()
     batch_scheduling()
     switch_interval(worker)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Gunicorn's hook, run in the master when a worker exited (or was killed).
+
+    With Prometheus metrics in multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set), the
+    worker's live gauges (its open sockets, its relay) are removed: prometheus-client's
+    ``mark_process_dead``. Its counters stay, summed into the server's.
+    """
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    try:
+        from prometheus_client import multiprocess
+    except ImportError:  # turbocast[metrics] not installed: nothing was counted
+        return
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 def worker_exit(server: Any, worker: Any) -> None:

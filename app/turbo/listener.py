@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import redis
 
+from . import metrics
 from .channels import history_key, label_for
 from .control import Kind, parse_order, parse_report
 from .history import Entry, History, format_id
@@ -141,6 +142,8 @@ class Listener:
         self._lost_at_ms: int | None = None
         self._run_id: str | None = None
         self._error: str | None = None
+        # Since when (monotonic) Redis is counted as out; None while connected.
+        self._outage_mark: float | None = None
         #: Set while the pub/sub connection is up, every channel confirmed and caught up.
         self.connected = threading.Event()
 
@@ -208,12 +211,21 @@ class Listener:
 
     def _lost(self, exc: BaseException, delay: float, attempt: int) -> None:
         self._error = f"{exc.__class__.__name__}: {exc}"
+        self._count_outage()
         logger.warning(
             "relay lost Redis (%s); reconnecting in up to %.0fs",
             exc.__class__.__name__,
             delay,
             extra={"turbo_error": repr(exc), "turbo_attempt": attempt},
         )
+
+    def _count_outage(self, *, over: bool = False) -> None:
+        # Counted at each failed attempt and at the reconnect, so the counter grows during
+        # an outage, not only once it ends.
+        now = time.monotonic()
+        if self._outage_mark is not None:
+            metrics.OUTAGE_SECONDS.inc(now - self._outage_mark)
+        self._outage_mark = None if over else now
 
     def _session(self) -> Any:
         """One connection's life: subscribe, confirm, catch up, then relay until it breaks.
@@ -252,7 +264,10 @@ class Listener:
                         held.clear()
                         resuming = False
                         self._lost_at_ms = None
+                        metrics.RECONNECTS.inc()
+                    self._count_outage(over=True)
                     self.connected.set()
+                    metrics.RELAY_CONNECTED.set(1)
                     logger.info(
                         "relay subscribed to Redis",
                         extra={"turbo_channels": len(self._subscribed)},
@@ -262,9 +277,12 @@ class Listener:
                     self._relay.confirm(self._confirmed)
         finally:
             self._can_wake = False
-            if self.connected.is_set() and self._lost_at_ms is None:
-                self._lost_at_ms = int(time.time() * 1000)
+            if self.connected.is_set():
+                self._outage_mark = time.monotonic()
+                if self._lost_at_ms is None:
+                    self._lost_at_ms = int(time.time() * 1000)
             self.connected.clear()
+            metrics.RELAY_CONNECTED.set(0)
             try:
                 pubsub.close()
             except Exception:  # noqa: BLE001 - the connection is already broken

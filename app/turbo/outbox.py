@@ -87,7 +87,7 @@ class Outbox:
     """
 
     __slots__ = ("max_bytes", "_queue", "_put_bytes", "_taken_bytes", "_closing", "_lock",
-                 "_discard", "dropped")  # fmt: skip
+                 "_discard", "_discarded", "_refused")  # fmt: skip
 
     def __init__(self, max_bytes: int) -> None:
         if max_bytes < 1:
@@ -99,8 +99,8 @@ class Outbox:
         self._closing: Closing | None = None
         self._lock = threading.Lock()  # only for closing, which is rare
         self._discard = False  # after an overflow, what still waits is thrown away
-        #: Messages thrown away because the outbox overflowed or closed.
-        self.dropped = 0
+        self._discarded = 0  # thrown away after an overflow (written by the writer only)
+        self._refused = 0  # refused while closing (written by the relay thread only)
 
     def put(self, message: Message) -> bool:
         """Queue one message; ``False`` when the outbox is closing or this message overflowed it.
@@ -110,6 +110,7 @@ class Outbox:
         :param message: the message, shared read-only between sockets.
         """
         if self._closing is not None:
+            self._refused += 1
             return False
         waiting = self._put_bytes - self._taken_bytes
         self._put_bytes += message.size
@@ -120,6 +121,21 @@ class Outbox:
             self.close(CLOSE_OUTBOX_OVERFLOW, "outbox overflow: client too slow")
             return False
         return True
+
+    @property
+    def discarded(self) -> int:
+        """Messages queued, then thrown away unsent because the outbox overflowed."""
+        return self._discarded
+
+    @property
+    def refused(self) -> int:
+        """Messages refused because the outbox was closing (or had overflowed)."""
+        return self._refused
+
+    @property
+    def dropped(self) -> int:
+        """Messages thrown away unsent: :attr:`discarded` and :attr:`refused`."""
+        return self._discarded + self._refused
 
     @property
     def pending_bytes(self) -> int:
@@ -187,6 +203,6 @@ class Outbox:
         controls = [m.event for m in items if type(m) is _Control and m is not _WAKE]
         self._taken_bytes += sum(m.size for m in messages)
         if self._discard and messages:
-            self.dropped += len(messages)
+            self._discarded += len(messages)
             messages = []
         return controls, messages, closing

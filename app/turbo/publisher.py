@@ -33,6 +33,7 @@ from markupsafe import Markup
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from . import metrics
 from .channels import (
     DEFAULT_PREFIX,
     broadcast_channel,
@@ -253,14 +254,14 @@ class Publisher:
                 receivers = int(self.client.publish(channel, payload))
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if attempt == 2:
-                    raise self._failed(channel, exc) from exc
+                    raise self._failed(channel, exc, message=False) from exc
                 # Idempotent: sent twice, it closes the same sockets.
                 logger.warning(
                     "order failed, retrying once",
                     extra={"turbo_channel": channel, "turbo_error": repr(exc)},
                 )
             except redis.RedisError as exc:
-                raise self._failed(channel, exc) from exc
+                raise self._failed(channel, exc, message=False) from exc
             else:
                 logger.info("sign-out sent", extra={"turbo_signed_out": kind})
                 return receivers
@@ -340,9 +341,11 @@ class Publisher:
         token = os.urandom(16)
         started_ms = int(time.time() * 1000)
         try:
-            return self.history.publish(
+            receivers = self.history.publish(
                 key, channel, payload, token=token, exclude=exclude, exclude_socket=exclude_socket
             )[1]
+            metrics.PUBLISHES.inc()
+            return receivers
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # A dropped connection or a Redis restart: one more try on a fresh connection.
             logger.warning(
@@ -353,7 +356,7 @@ class Publisher:
             raise self._failed(channel, exc) from exc
         try:
             # Only the retry looks for the first attempt's entry: it may have landed.
-            return self.history.publish(
+            receivers = self.history.publish(
                 key,
                 channel,
                 payload,
@@ -364,11 +367,15 @@ class Publisher:
             )[1]
         except redis.RedisError as exc:
             raise self._failed(channel, exc) from exc
+        metrics.PUBLISHES.inc()
+        return receivers
 
     def _publish_many(self, publications: list[Publication]) -> list[int]:
         started_ms = int(time.time() * 1000)
         try:
-            return [n for _, n in self.history.publish_many(publications)]
+            receivers = [n for _, n in self.history.publish_many(publications)]
+            metrics.PUBLISHES.inc(len(publications))
+            return receivers
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             logger.warning(
                 "batch publish failed, retrying once",
@@ -382,12 +389,14 @@ class Publisher:
             retried = self.history.publish_many(
                 publications, retry_from_ms=started_ms - _RETRY_SLACK_MS
             )
-            return [n for _, n in retried]
         except redis.RedisError as exc:
             raise self._batch_failed(publications, exc) from exc
+        metrics.PUBLISHES.inc(len(publications))
+        return [n for _, n in retried]
 
     @staticmethod
     def _batch_failed(publications: list[Publication], exc: redis.RedisError) -> PublishError:
+        metrics.PUBLISH_ERRORS.inc(len(publications))
         logger.error(
             "batch publish failed",
             extra={"turbo_messages": len(publications), "turbo_error": repr(exc)},
@@ -400,7 +409,9 @@ class Publisher:
         )
 
     @staticmethod
-    def _failed(channel: str, exc: redis.RedisError) -> PublishError:
+    def _failed(channel: str, exc: redis.RedisError, *, message: bool = True) -> PublishError:
+        if message:  # (not a sign-out order)
+            metrics.PUBLISH_ERRORS.inc()
         logger.error("publish failed", extra={"turbo_channel": channel, "turbo_error": repr(exc)})
         return PublishError(f"Redis did not accept the message for {channel}: {exc}")
 

@@ -48,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
     "TURBO_HEALTH_ROUTE": None,
     # Seconds the health check waits for Redis's PONG, and for a (re)starting relay.
     "TURBO_HEALTH_TIMEOUT": 1.0,
+    # Path of the Prometheus metrics (turbocast.metrics_view; needs turbocast[metrics]); None:
+    # not mounted.
+    "TURBO_METRICS_ROUTE": None,
     # Origins, besides the site's own, whose pages may open a socket (["*"]: any).
     "TURBO_ALLOWED_ORIGINS": [],
     # Open sockets one session may hold in one web process; 0: no cap.

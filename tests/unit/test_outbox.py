@@ -250,15 +250,16 @@ def test_controls_still_reach_the_writer_after_an_overflow():
     assert closing is not None and closing.code == CLOSE_OUTBOX_OVERFLOW
 
 
-def test_puts_after_overflow_are_refused_and_neither_queued_nor_counted():
+def test_puts_after_overflow_are_refused_and_neither_queued_nor_counted_as_bytes():
     outbox = Outbox(100)
     outbox.put(sized(100))
     outbox.put(sized(100))  # overflow
 
     assert outbox.put(sized(100)) is False
     assert outbox.pending_bytes == 200  # the refused one is not counted
+    assert outbox.dropped == 1  # but it is dropped
     outbox.drain(0)
-    assert outbox.dropped == 2
+    assert outbox.dropped == 3  # the two thrown away, and the one refused
     assert len(outbox) == 0
     assert outbox.pending_bytes == 0
 
@@ -301,7 +302,7 @@ def test_puts_after_close_are_refused_and_messages_already_queued_are_still_drai
     outbox.close(1001, "going away")
 
     assert outbox.put(msg(b"after")) is False
-    assert outbox.dropped == 0
+    assert (outbox.discarded, outbox.refused) == (0, 1)
     assert outbox.drain(0) == ([], [before], Closing(1001, "going away"))
     assert outbox.pending_bytes == 0
 
@@ -377,7 +378,9 @@ def test_concurrent_put_and_drain_through_an_overflow_account_for_every_message(
     assert not any(producer.results[overflow:])  # closed: everything after is refused
     # Each message up to the one that overflowed was sent or thrown away, once, in order.
     queued = producer.messages[: overflow + 1]
-    assert len(got) + outbox.dropped == len(queued)
+    assert len(got) + outbox.discarded == len(queued)
+    # And every message put was either sent or dropped (discarded, or refused once closed).
+    assert len(got) + outbox.dropped == len(producer.messages)
     assert all(g is m for g, m in zip(got, queued, strict=False))
 
 

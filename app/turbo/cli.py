@@ -38,7 +38,7 @@ from .channels import (
 )
 from .control import report_payload
 from .errors import TurboError
-from .history import START, parse_id
+from .history import START, Entry, parse_id
 from .publisher import Publisher
 
 turbo_cli = AppGroup("turbo", help="turbocast: publish streams, list sockets, read histories.")
@@ -248,13 +248,13 @@ def history_command(audience: str, since: str, limit: int) -> None:
     click.echo(f"({shown} of {len(entries)} entries{'; older ones may be gone' if gap else ''})")
 
 
-def format_history(entries: list[tuple[str, bytes, bytes | None, bytes | None]]) -> list[str]:
+def format_history(entries: list[Entry]) -> list[str]:
     """One line per entry: its id, whom it excludes, the first line of its HTML.
 
     :param entries: :meth:`History.since`'s entries.
     """
     lines = []
-    for ident, html, session, socket in entries:
+    for ident, html, session, socket, _published in entries:
         first = html.decode("utf-8", "replace").strip().splitlines()[:1]
         excluded = []
         if session is not None:

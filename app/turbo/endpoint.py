@@ -44,7 +44,7 @@ from .connection import CLOSE_INTERNAL_ERROR, WebSocket
 from .errors import HandshakeError, InvalidChannelError, TurboError
 from .extension import TurboState, _state
 from .helpers import SESSION_KEY, SOCKET_PARAM, STREAMS_ONLY, normalize_origin, site_origin
-from .message import REFRESH_HTML, Cursor, Message
+from .message import REFRESH_HTML, Cursor, Message, published_seconds
 from .outbox import CLOSE_OUTBOX_OVERFLOW, Outbox
 from .relay import Subscription
 from .signing import StreamSigner
@@ -255,8 +255,8 @@ def _replay(state: TurboState, admission: Admission) -> list[Message]:
         else:
             # A message that excludes this socket or its session is not replayed to it either.
             replay.extend(
-                Message(raw, label, message_id, html)
-                for message_id, html, exclude, exclude_socket in entries
+                Message(raw, label, message_id, html, published=published_seconds(published))
+                for message_id, html, exclude, exclude_socket, published in entries
                 if exclude != own and (exclude_socket is None or exclude_socket != own_socket)
             )
     # Ids come from one clock across channels: their order is the publish order.

@@ -1,14 +1,16 @@
 """Each channel's recent messages, kept in a Redis Stream, so nothing Redis accepted is lost.
 
 Publishing appends to the channel's history and publishes in one round trip (a
-Lua script: XADD, trim by count and age, PUBLISH ``"<id> <html>"``, or
-``"<id>;x=<session id> <html>"`` when one session is excluded, ``;s=<socket id>``
-when one socket is; see :mod:`turbocast.message`). Many messages go in one round trip too
-(:meth:`History.publish_many`: the same script for each, pipelined). Every
-message gets the stream entry's id (``<ms>-<seq>``). The script picks it from a
-clock key shared by every channel of the prefix, so ids follow publish order
-across channels too: a replay that merges several channels sorts by id. A
-socket that connects or comes back with a position (the last id it has) gets
+Lua script: XADD, trim by count and age, PUBLISH ``"<id>;t=<µs> <html>"``, with
+``;x=<session id>`` before the ``;t`` when one session is excluded, ``;s=<socket id>``
+when one socket is; see :mod:`turbocast.message`). ``t`` is the publisher's own
+wall-clock time of the publish, in microseconds since the epoch (a retry keeps the
+first attempt's); the history entry keeps it too (field ``t``). Many messages go in
+one round trip too (:meth:`History.publish_many`: the same script for each,
+pipelined). Every message gets the stream entry's id (``<ms>-<seq>``). The script
+picks it from a clock key shared by every channel of the prefix, so ids follow
+publish order across channels too: a replay that merges several channels sorts by
+id. A socket that connects or comes back with a position (the last id it has) gets
 what came after it from the history, then the live messages, with nothing twice.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -32,8 +35,9 @@ START = "0-0"
 # KEYS[1] history key, KEYS[2] clock key (the last id handed out, any channel).
 # ARGV: payload, max length, max age (ms), pub/sub channel, the publish's token,
 # "" on a first attempt or, on a retry, the ms from which the first attempt's
-# entry would be found, the session id it excludes ("" for none) and the socket id
-# it excludes ("" for none). Returns
+# entry would be found, the session id it excludes ("" for none), the socket id
+# it excludes ("" for none) and the publisher's time in µs since the epoch ("" for
+# none). Returns
 # {id, receivers} or, when a retry finds that the first attempt landed, {its id,
 # the channel's subscribers now, 1}.
 # The id is max(now, clock) with the next sequence. When the stream's top is
@@ -64,6 +68,7 @@ end
 local id = string.format('%d-%d', ms, seq)
 local exclude = ARGV[7] or ''
 local exclude_socket = ARGV[8] or ''
+local published = ARGV[9] or ''
 local fields = {'d', ARGV[1], 'p', ARGV[5]}
 if exclude ~= '' then
   table.insert(fields, 'x')
@@ -72,6 +77,10 @@ end
 if exclude_socket ~= '' then
   table.insert(fields, 's')
   table.insert(fields, exclude_socket)
+end
+if published ~= '' then
+  table.insert(fields, 't')
+  table.insert(fields, published)
 end
 local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[2], id, unpack(fields))
 if type(added) == 'table' and added.err then
@@ -90,14 +99,19 @@ end
 if exclude_socket ~= '' then
   head = head .. ';s=' .. exclude_socket
 end
+if published ~= '' then
+  head = head .. ';t=' .. published
+end
 local receivers = redis.call('PUBLISH', ARGV[4], head .. ' ' .. ARGV[1])
 return {id, receivers}
 """
 
 
 #: A history entry as read back: its id, its HTML, the session and the socket it excludes
-#: (each ``None`` when it excludes none).
-Entry = tuple[str, bytes, bytes | None, bytes | None]
+#: (each ``None`` when it excludes none), and the publisher's time of the publish in
+#: microseconds since the epoch, as ASCII digits (``None`` for an entry without one; see
+#: :func:`turbocast.message.published_seconds`).
+Entry = tuple[str, bytes, bytes | None, bytes | None, bytes | None]
 
 
 class Publication(NamedTuple):
@@ -115,6 +129,14 @@ class Publication(NamedTuple):
     exclude: str | None = None
     #: A socket id that must not get it, or ``None``.
     exclude_socket: str | None = None
+    #: The publisher's time of the publish (µs since the epoch), or ``None``: the one
+    #: :meth:`History.publish_many` is given (a retry passes the first attempt's).
+    published_us: int | None = None
+
+
+def _now_us() -> int:
+    """This host's wall-clock time (``time.time()``), in whole microseconds since the epoch."""
+    return int(time.time() * 1_000_000)
 
 
 def parse_id(value: bytes | str) -> tuple[int, int]:
@@ -179,6 +201,7 @@ class History:
         retry_from_ms: int | None = None,
         exclude: str | None = None,
         exclude_socket: str | None = None,
+        published_us: int | None = None,
     ) -> tuple[str, int]:
         """Append to the history and publish, in one round trip.
 
@@ -194,14 +217,19 @@ class History:
             subscribers (``PUBSUB NUMSUB``), since how many got it then is unknown.
         :param exclude: a session id whose sockets must not get it (checked by the caller).
         :param exclude_socket: a socket id that must not get it (checked by the caller).
+        :param published_us: the publisher's wall-clock time of the publish, in
+            microseconds since the epoch, stored with the entry and sent in the head
+            (``;t=``); now when not given. A retry passes the first attempt's.
         :returns: the message's id and how many subscribers (web processes) got it.
         """
         if token is None:
             if retry_from_ms is not None:
                 raise ValueError("a retry needs the first attempt's token")
             token = os.urandom(16)
+        if published_us is None:
+            published_us = _now_us()
         keys, args = self._call(
-            key, channel, payload, token, retry_from_ms, exclude, exclude_socket
+            key, channel, payload, token, retry_from_ms, exclude, exclude_socket, published_us
         )
         if self._pool is None:
             result = self._script(keys=list(keys), args=list(args))
@@ -215,7 +243,11 @@ class History:
         return _text(result[0]), int(result[1])
 
     def publish_many(
-        self, publications: Sequence[Publication], *, retry_from_ms: int | None = None
+        self,
+        publications: Sequence[Publication],
+        *,
+        retry_from_ms: int | None = None,
+        published_us: int | None = None,
     ) -> list[tuple[str, int]]:
         """Append and publish many messages, in order, in one round trip.
 
@@ -227,13 +259,25 @@ class History:
 
         :param publications: what to publish, each with its own token.
         :param retry_from_ms: only on a retry, as in :meth:`publish`.
+        :param published_us: the publisher's time of the publish (µs since the epoch), for
+            each message that does not carry its own (:attr:`Publication.published_us`);
+            now when not given. A retry passes the first attempt's.
         :returns: each message's id and how many subscribers got it, in order.
         :raises redis.ResponseError: when Redis refused one of them (say, a key of the
             wrong type), after every reply was read: the others were published.
         """
+        if published_us is None:
+            published_us = _now_us()
         calls = [
             self._call(
-                p.key, p.channel, p.payload, p.token, retry_from_ms, p.exclude, p.exclude_socket
+                p.key,
+                p.channel,
+                p.payload,
+                p.token,
+                retry_from_ms,
+                p.exclude,
+                p.exclude_socket,
+                published_us if p.published_us is None else p.published_us,
             )
             for p in publications
         ]
@@ -265,12 +309,15 @@ class History:
         token: bytes,
         retry_from_ms: int | None,
         exclude: str | None,
-        exclude_socket: str | None = None,
+        exclude_socket: str | None,
+        published_us: int,
     ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        if published_us < 0:
+            raise ValueError("published_us is a time since the epoch: not below zero")
         since = "" if retry_from_ms is None else str(max(0, retry_from_ms))
         keys = (key, self.clock_key)
         args = (payload, self.maxlen, self.max_age_ms, channel, token, since)
-        return keys, (*args, exclude or "", exclude_socket or "")
+        return keys, (*args, exclude or "", exclude_socket or "", published_us)
 
     def _run_scripts(self, calls: list[tuple[tuple[str, ...], tuple[Any, ...]]]) -> list[Any]:
         # Every command is written before any reply is read: one round trip. An error
@@ -355,7 +402,8 @@ class History:
         :param key: the channel's history key.
         :param position: the last id the reader has (``"0-0"``: it has nothing).
         :returns: ``(entries, gap)``: ``[(id, payload, excluded session or None,
-            excluded socket or None), ...]`` oldest first. ``gap`` is
+            excluded socket or None, publisher's time in µs or None), ...]`` (see
+            :data:`Entry`) oldest first. ``gap`` is
             true when messages published after ``position`` may be missing, so the
             reader cannot be brought up to date message by message: the reader's own
             last entry is gone (trimmed, expired, or Redis lost the history), or, for a
@@ -415,7 +463,7 @@ def _read(after: str, found: Any, own: Any, info: Any) -> tuple[list[Entry], boo
         # No history at all: lost (expired, or Redis lost its data) unless the
         # reader had nothing, in which case nothing was ever there for it.
         return [], after != START
-    entries = [(_text(i), f[b"d"], f.get(b"x"), f.get(b"s")) for i, f in found]
+    entries = [(_text(i), f[b"d"], f.get(b"x"), f.get(b"s"), f.get(b"t")) for i, f in found]
     return entries, _gap(parse_id(after), bool(own), info)
 
 

@@ -35,7 +35,7 @@ from . import metrics
 from .channels import history_key, label_for
 from .control import Kind, parse_order, parse_report
 from .history import Entry, History, format_id
-from .message import REFRESH_HTML, Message
+from .message import REFRESH_HTML, Message, published_seconds
 from .subscriber import SUBSCRIBED, Event
 
 logger = logging.getLogger("turbocast.relay")
@@ -392,8 +392,16 @@ class Listener:
                 missed.append(Message(channel, label, newest, REFRESH_HTML, gap=True))
                 continue
             missed += [
-                Message(channel, label, i, html, exclude=x, exclude_socket=sock)
-                for i, html, x, sock in entries
+                Message(
+                    channel,
+                    label,
+                    i,
+                    html,
+                    exclude=x,
+                    exclude_socket=sock,
+                    published=published_seconds(t),
+                )
+                for i, html, x, sock, t in entries
             ]
         # Ids come from one clock across channels: their order is the publish order.
         missed.sort(key=lambda m: m.key or (0, 0))

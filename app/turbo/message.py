@@ -18,13 +18,19 @@ Two wire formats, chosen per socket at the handshake:
   puts on the page's requests (``X-Turbocast-Socket``) for ``exclude_socket=``.
 
 What the publisher sends on Redis pub/sub (and what the relay parses) is
-``<id> <html>``, or with marks after the id for what must not get it:
-``<id>;x=<session id> <html>`` leaves out one browser session (``exclude=``): the
-relay skips the outboxes of that session's sockets; ``<id>;s=<socket id> <html>``
-leaves out one socket (``exclude_socket=``); both may come, ``x`` first. The
-history entry keeps them too (fields ``x`` and ``s``), so a replay or a catch-up
-skips the same sockets. A payload without an id (published by something else)
-is HTML alone.
+``<id>;t=<µs> <html>``: the message's id, then marks, then a space and the HTML.
+``;t=<µs>`` is the publisher's own wall-clock time of the publish (``time.time()``
+on its host, in whole microseconds since the epoch; a retry keeps the first
+attempt's); it comes last, and a :class:`Message` holds it as :attr:`published`
+(seconds). Marks before it say what must not get the message:
+``<id>;x=<session id>;t=<µs> <html>`` leaves out one browser session (``exclude=``):
+the relay skips the outboxes of that session's sockets; ``<id>;s=<socket id>;t=<µs>
+<html>`` leaves out one socket (``exclude_socket=``); both may come, ``x`` first.
+The history entry keeps them too (fields ``x``, ``s`` and ``t``), so a replay or a
+catch-up skips the same sockets and knows when the message was published. Every
+mark is optional (``<id> <html>`` is a message from an older publisher); an unknown
+or malformed one (``t`` not digits, a mark without a value) makes the whole payload
+HTML alone, without an id, like a payload published by something else.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ IDENTITY_KIND = "i"
 #: The stream a gap is answered with: Turbo fetches and renders the page again.
 REFRESH_HTML = b'<turbo-stream action="refresh"></turbo-stream>'
 
+#: The marks a payload's head may carry after the id (see the module's description).
+_MARKS = frozenset((b"x", b"s", b"t"))
+
 
 class Message:
     """A message for the sockets of one channel.
@@ -55,10 +64,12 @@ class Message:
     :param gap: whether this message stands for messages that can no longer be replayed.
     :param exclude: the session id (ASCII) whose sockets must not get it, or ``None``.
     :param exclude_socket: the socket id (ASCII) that must not get it, or ``None``.
+    :param published: the publisher's wall-clock time of the publish, in seconds since the
+        epoch, or ``None`` when it is not known (a payload or history entry without ``t``).
     """
 
     __slots__ = ("channel", "label", "id", "key", "html", "gap", "exclude", "exclude_socket",
-                 "size", "_plain", "_tagged")  # fmt: skip
+                 "published", "size", "_plain", "_tagged")  # fmt: skip
 
     def __init__(
         self,
@@ -70,6 +81,7 @@ class Message:
         gap: bool = False,
         exclude: bytes | None = None,
         exclude_socket: bytes | None = None,
+        published: float | None = None,
     ) -> None:
         self.channel = channel
         self.label = label
@@ -79,6 +91,7 @@ class Message:
         self.gap = gap
         self.exclude = exclude
         self.exclude_socket = exclude_socket
+        self.published = published
         #: What it counts against an outbox's bound: its HTML and a frame's overhead.
         self.size = len(html) + FRAME_OVERHEAD
         self._plain: bytes | None = None
@@ -86,7 +99,8 @@ class Message:
 
     @classmethod
     def from_payload(cls, channel: bytes, label: str, payload: bytes) -> Message:
-        """Split what the publisher sent (``b"<id> <html>"``, ``b"<id>;x=<sid>;s=<sock> <html>"``).
+        """Split what the publisher sent (``b"<id>;t=<µs> <html>"``,
+        ``b"<id>;x=<sid>;s=<sock>;t=<µs> <html>"``).
 
         :param channel: the pub/sub channel.
         :param label: the channel's label.
@@ -94,14 +108,15 @@ class Message:
         """
         head, sep, html = payload.partition(b" ")
         if sep and head[:1].isdigit():
-            message_id, *marks = head.split(b";")
-            excluded = {name: value for name, _, value in (m.partition(b"=") for m in marks)}
+            message_id, *parts = head.split(b";")
+            marks = {name: value for name, _, value in (m.partition(b"=") for m in parts)}
             try:
-                if not all(excluded.values()) or not excluded.keys() <= {b"x", b"s"}:
-                    raise ValueError("an exclusion without an id, or of something unknown")
+                if not all(marks.values()) or not marks.keys() <= _MARKS:
+                    raise ValueError("a mark without a value, or an unknown one")
                 text_id = message_id.decode("ascii")
-                x, s = excluded.get(b"x"), excluded.get(b"s")
-                return cls(channel, label, text_id, html, exclude=x, exclude_socket=s)
+                x, s, t = marks.get(b"x"), marks.get(b"s"), marks.get(b"t")
+                at = published_seconds(t)
+                return cls(channel, label, text_id, html, exclude=x, exclude_socket=s, published=at)
             except (ValueError, UnicodeDecodeError):
                 pass
         # Published by something other than turbocast's Publisher: no id, no history.
@@ -122,6 +137,20 @@ class Message:
             head = kind + self.label.encode() + b" " + (self.id or "-").encode() + b"\n"
             self._tagged = encode_text_frame(head + self.html)
         return self._tagged
+
+
+def published_seconds(value: bytes | None) -> float | None:
+    """A message's publisher time in seconds since the epoch, from its ``t`` (µs, ASCII).
+
+    :param value: ``t`` as a payload's head or a history entry (:data:`history.Entry`)
+        holds it, or ``None`` when it has none.
+    :raises ValueError: when it is not ASCII digits.
+    """
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise ValueError(f"a publish time is whole microseconds: {value!r}")
+    return int(value) / 1_000_000
 
 
 def identity_frame(socket_id: str) -> bytes:

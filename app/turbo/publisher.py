@@ -3,15 +3,19 @@
 A :class:`Publisher` only writes: it never subscribes and starts no thread, so
 a Celery worker, a script or a web view use it alike, with or without a Flask
 app. Each message is one Redis round trip: a script appends it to the channel's
-history (bounded by count and age) and publishes it with its id.
+history (bounded by count and age) and publishes it with its id and the
+publisher's own wall-clock time of the publish: ``<id>;t=<µs> <html>`` on pub/sub
+(see :mod:`turbocast.message`), field ``t`` in the history entry.
 
 A publish that loses its connection is retried once. Each publish carries a
 random token of its own, stored with its history entry, so a retry whose first
-attempt did reach Redis (only the reply was lost) finds it and sends nothing twice.
+attempt did reach Redis (only the reply was lost) finds it and sends nothing twice;
+the retry carries the first attempt's time (``t``), not its own.
 
 A :class:`Batch` (``with publisher.batch() as batch:``) sends many messages in
 one round trip: each still gets its own id and history entry, in the order given,
-and its own token, so a retried batch sends none of them twice.
+and its own token, so a retried batch sends none of them twice. Its messages carry
+one time, taken when the batch is sent.
 
 Any push can leave out one browser session (``exclude=session_id``), or one
 socket (``exclude_socket=socket_id``): the originating tab that already rendered
@@ -339,10 +343,17 @@ class Publisher:
     ) -> int:
         key = history_key(channel, self.prefix)
         token = os.urandom(16)
-        started_ms = int(time.time() * 1000)
+        started = time.time()
+        started_ms, published_us = int(started * 1000), int(started * 1_000_000)
         try:
             receivers = self.history.publish(
-                key, channel, payload, token=token, exclude=exclude, exclude_socket=exclude_socket
+                key,
+                channel,
+                payload,
+                token=token,
+                exclude=exclude,
+                exclude_socket=exclude_socket,
+                published_us=published_us,
             )[1]
             metrics.PUBLISHES.inc()
             return receivers
@@ -364,6 +375,7 @@ class Publisher:
                 retry_from_ms=started_ms - _RETRY_SLACK_MS,
                 exclude=exclude,
                 exclude_socket=exclude_socket,
+                published_us=published_us,  # the same publish: the first attempt's time
             )[1]
         except redis.RedisError as exc:
             raise self._failed(channel, exc) from exc
@@ -371,11 +383,12 @@ class Publisher:
         return receivers
 
     def _publish_many(self, publications: list[Publication]) -> list[int]:
-        started_ms = int(time.time() * 1000)
+        started = time.time()
+        started_ms, published_us = int(started * 1000), int(started * 1_000_000)
         try:
-            receivers = [n for _, n in self.history.publish_many(publications)]
+            sent = self.history.publish_many(publications, published_us=published_us)
             metrics.PUBLISHES.inc(len(publications))
-            return receivers
+            return [n for _, n in sent]
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             logger.warning(
                 "batch publish failed, retrying once",
@@ -387,7 +400,9 @@ class Publisher:
             # Redis ran a prefix of the batch, perhaps all of it: the retry finds those
             # by their tokens and sends only the rest, still in order.
             retried = self.history.publish_many(
-                publications, retry_from_ms=started_ms - _RETRY_SLACK_MS
+                publications,
+                retry_from_ms=started_ms - _RETRY_SLACK_MS,
+                published_us=published_us,
             )
         except redis.RedisError as exc:
             raise self._batch_failed(publications, exc) from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -255,7 +256,11 @@ def _check_each_once_in_order(redis_client, pubsub, name: str, count: int) -> No
     assert [fields[b"d"] for _, fields in entries] == expected
     received = _received(pubsub, count + 1)
     assert [m.partition(b" ")[2] for m in received] == expected
-    assert [m.partition(b" ")[0].decode() for m in received] == [i.decode() for i, _ in entries]
+    # Each head is the entry's id and the publisher's time, which the entry keeps too.
+    heads = [i + b";t=" + fields[b"t"] for i, fields in entries]
+    assert [m.partition(b" ")[0] for m in received] == heads
+    # The batch's messages carry one time, the first attempt's, a retry's included.
+    assert len({fields[b"t"] for _, fields in entries[:count]}) == 1
 
 
 def test_a_batch_whose_reply_was_lost_is_retried_and_sends_nothing_twice(
@@ -286,10 +291,15 @@ def test_a_batch_cut_off_midway_sends_the_rest_on_the_retry_once_each_in_order(
     run_scripts = publisher.history._run_scripts
     attempts: list[int] = []
 
+    first_us: list[int] = []
+
     def cut(calls: list[Any]) -> list[Any]:
         attempts.append(len(calls))
         if len(attempts) == 1:
             run_scripts(calls[:7])  # Redis ran the first seven, then the connection broke
+            first_us.append(calls[0][1][-1])  # ARGV[9]: the first attempt's time (µs)
+            # The clock moves on before the retry: a time of its own would show.
+            wait_for(lambda: time.time() * 1_000_000 > first_us[0] + 1000, what="a ms to pass")
             raise redis.ConnectionError("Connection reset by peer")
         return run_scripts(calls)
 
@@ -301,3 +311,6 @@ def test_a_batch_cut_off_midway_sends_the_rest_on_the_retry_once_each_in_order(
 
     assert attempts == [20, 20]
     _check_each_once_in_order(redis_client, pubsub, name, 20)
+    entries = redis_client.xrange(history_key(stream_channel(name)))
+    # The seven of the first attempt and the thirteen of the retry: the first one's time.
+    assert [fields[b"t"] for _, fields in entries[:20]] == [str(first_us[0]).encode()] * 20

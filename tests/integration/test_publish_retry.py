@@ -100,7 +100,7 @@ def test_a_retry_after_a_lost_reply_finds_the_first_attempt_and_sends_nothing_tw
     assert redis_client.xlen(key) == 2  # "once" and the marker
     received = _received_until(listener, b"marker")
     assert [m.partition(b" ")[2] for m in received[:-1]] == [b"<p>once</p>"]
-    assert received[0].startswith(first_id.encode() + b" ")
+    assert received[0].startswith(first_id.encode() + b";t=")
 
 
 def test_a_publisher_whose_reply_was_lost_publishes_once(

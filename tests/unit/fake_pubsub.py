@@ -198,8 +198,9 @@ class FakeHistory:
     """Answers ``since(key, position)`` from a table; records every call.
 
     :param answers: ``{history key: (entries, gap)}``; other keys have nothing. An entry
-        is ``(id, html)``, ``(id, html, excluded session)``, or ``(id, html, excluded
-        session, excluded socket)`` as History returns it.
+        is ``(id, html)``, ``(id, html, excluded session)``, ``(id, html, excluded
+        session, excluded socket)``, or ``(id, html, excluded session, excluded socket,
+        publish time in µs)`` as History returns it (what is left out is ``None``).
     :param fail: the exception to raise for a call (given the key), or ``None``: answer.
     :param on_call: called at each call (to note what the test wants to know then).
     """
@@ -212,7 +213,7 @@ class FakeHistory:
         on_call: Callable[[], object] = lambda: None,
     ) -> None:
         self.answers = {
-            key: ([(*e, *(None,) * (4 - len(e))) for e in entries], gap)
+            key: ([(*e, *(None,) * (5 - len(e))) for e in entries], gap)
             for key, (entries, gap) in (answers or {}).items()
         }
         self.fail = fail

@@ -66,8 +66,8 @@ def test_audiences_name_channels_with_or_without_the_prefix() -> None:
 def test_history_lines_show_id_exclusions_and_the_first_line() -> None:
     lines = format_history(
         [
-            ("1-0", b"<turbo-stream a>\n<template>x</template>", None, None),
-            ("2-0", b"<b>y</b>", SID.encode(), b"s" * 20),
+            ("1-0", b"<turbo-stream a>\n<template>x</template>", None, None, None),
+            ("2-0", b"<b>y</b>", SID.encode(), b"s" * 20, b"1700000000000000"),
         ]
     )
     assert lines == [

@@ -4,13 +4,16 @@ brings back, and SSE events."""
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import pytest
 from flask import Response, request, session
 
 from app import create_app
-from turbocast import STATUS_BAD_STREAM
-from turbocast.endpoint import Admission, _admit, _sse_event, parse_positions
+from tests.unit.fake_pubsub import FakeHistory
+from turbocast import STATUS_BAD_STREAM, stream_channel
+from turbocast.channels import DEFAULT_PREFIX, history_key
+from turbocast.endpoint import Admission, _admit, _replay, _sse_event, parse_positions
 from turbocast.helpers import SESSION_KEY
 from turbocast.message import Message
 from turbocast.signing import StreamSigner
@@ -161,3 +164,25 @@ def test_a_streams_only_source_without_a_stream_is_refused():
 
     assert isinstance(refusal, Response)
     assert refusal.status_code == STATUS_BAD_STREAM
+
+
+# -- the replay -----------------------------------------------------------------------------
+
+
+def test_the_replay_carries_each_entrys_publisher_time():
+    sid = "r" * 32
+    channel = stream_channel("board:1")
+    entries = [("5-1", b"<a>", None, None, b"1700000000500000"), ("5-2", b"<b>")]
+    history = FakeHistory({history_key(channel): (entries, False)})
+    state = SimpleNamespace(
+        config={"TURBO_CHANNEL_PREFIX": DEFAULT_PREFIX},
+        publisher=SimpleNamespace(history=history),
+    )
+    admission = Admission(sid, [channel], {"t:board:1": "5-0"})
+
+    replay = _replay(state, admission)  # type: ignore[arg-type]
+
+    assert [(m.id, m.html, m.published) for m in replay] == [
+        ("5-1", b"<a>", 1700000000.5),
+        ("5-2", b"<b>", None),
+    ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 
 import pytest
 import redis
@@ -131,14 +133,16 @@ def test_history_refuses_a_length_below_one_or_an_age_not_above_zero(client, max
 def test_publish_runs_the_script_once_with_keys_payload_limits_channel_and_a_token(client):
     history = History(client, maxlen=50, max_age=2.5)  # type: ignore[arg-type]
     client.script_result = [b"1700000000000-4", 3]
+    before = time.time()
 
     result = history.publish(KEY, "turbo:broadcast", b"<turbo-stream></turbo-stream>")
+    after = time.time()
 
     assert result == ("1700000000000-4", 3)
     [(keys, args)] = client.script_calls
     # The history and the clock that orders ids across channels: every key it touches.
     assert keys == [KEY, "turbo:clock"]
-    payload, maxlen, max_age_ms, channel, token, retry_from, exclude, exclude_socket = args
+    payload, maxlen, max_age_ms, channel, token, retry_from, exclude, exclude_socket, t = args
     assert (payload, maxlen, max_age_ms, channel) == (
         b"<turbo-stream></turbo-stream>",
         50,
@@ -148,6 +152,8 @@ def test_publish_runs_the_script_once_with_keys_payload_limits_channel_and_a_tok
     assert isinstance(token, bytes) and len(token) == 16
     assert retry_from == ""  # a first attempt: no lookup
     assert exclude == exclude_socket == ""  # nobody left out
+    # The publisher's time: now, in whole microseconds since the epoch.
+    assert isinstance(t, int) and math.floor(before * 1_000_000) <= t <= after * 1_000_000
     script = client.scripts[0]
     assert "XADD" in script and "PUBLISH" in script and "KEYS[2]" in script
 
@@ -169,10 +175,24 @@ def test_the_clock_key_follows_the_prefix(client):
 
 
 def test_a_retry_passes_the_first_attempts_token_and_where_to_look_from(client, history):
-    history.publish(KEY, "turbo:broadcast", b"x", token=b"t" * 16, retry_from_ms=1700000000000)
+    history.publish(
+        KEY,
+        "turbo:broadcast",
+        b"x",
+        token=b"t" * 16,
+        retry_from_ms=1700000000000,
+        published_us=1699999999123456,
+    )
 
     [(_, args)] = client.script_calls
-    assert args[4:] == [b"t" * 16, "1700000000000", "", ""]
+    assert args[4:] == [b"t" * 16, "1700000000000", "", "", 1699999999123456]
+
+
+def test_a_publish_time_below_zero_is_refused(client, history):
+    with pytest.raises(ValueError, match="published_us"):
+        history.publish(KEY, "turbo:broadcast", b"x", published_us=-1)
+
+    assert client.script_calls == []
 
 
 def test_a_retry_without_the_first_attempts_token_is_refused(client, history):
@@ -225,10 +245,24 @@ def test_since_returns_the_entries_after_the_position_oldest_first(client, histo
     entries, gap = history.since(KEY, "1700-2")
 
     assert entries == [
-        ("1700-10", payload_of("1700-10"), None, None),
-        ("1701-0", payload_of("1701-0"), None, None),
+        ("1700-10", payload_of("1700-10"), None, None, None),
+        ("1701-0", payload_of("1701-0"), None, None, None),
     ]
     assert gap is False
+
+
+def test_since_returns_each_entrys_exclusions_and_publish_time(client, history):
+    client.add(KEY, "1700-0")
+    client.streams[KEY].append(
+        (b"1700-1", {b"d": b"<p>", b"x": b"sess", b"s": b"sock", b"t": b"1700000000000123"})
+    )
+
+    entries, _ = history.since(KEY, START)
+
+    assert entries == [
+        ("1700-0", payload_of("1700-0"), None, None, None),
+        ("1700-1", b"<p>", b"sess", b"sock", b"1700000000000123"),
+    ]
 
 
 def test_since_the_newest_id_returns_nothing_and_no_gap(client, history):
@@ -283,7 +317,10 @@ def test_since_a_position_after_what_was_trimmed_is_no_gap(client, history):
     client.add(KEY, "1700-0", "1700-1", "1700-5", "1701-0")
     client.trim(KEY, 1)
 
-    assert history.since(KEY, "1700-5") == ([("1701-0", payload_of("1701-0"), None, None)], False)
+    assert history.since(KEY, "1700-5") == (
+        [("1701-0", payload_of("1701-0"), None, None, None)],
+        False,
+    )
 
 
 def test_since_a_position_before_an_entry_deleted_by_hand_is_a_gap(client, history):
@@ -300,7 +337,10 @@ def test_since_a_position_after_an_entry_deleted_by_hand_is_no_gap(client, histo
     client.add(KEY, "1700-0", "1700-1", "1700-5", "1701-0")
     client.xdel(KEY, "1700-1")
 
-    assert history.since(KEY, "1700-5") == ([("1701-0", payload_of("1701-0"), None, None)], False)
+    assert history.since(KEY, "1700-5") == (
+        [("1701-0", payload_of("1701-0"), None, None, None)],
+        False,
+    )
 
 
 def test_since_a_position_in_an_absent_history_is_a_gap(history):
@@ -315,7 +355,10 @@ def test_since_a_position_in_a_history_made_afresh_since_is_a_gap(client, histor
     client.drop(KEY)
     client.add(KEY, "1900-0")
 
-    assert history.since(KEY, "1700-1") == ([("1900-0", payload_of("1900-0"), None, None)], True)
+    assert history.since(KEY, "1700-1") == (
+        [("1900-0", payload_of("1900-0"), None, None, None)],
+        True,
+    )
 
 
 def test_since_start_in_a_history_made_afresh_is_no_gap(client, history):
@@ -324,7 +367,10 @@ def test_since_start_in_a_history_made_afresh_is_no_gap(client, history):
     client.drop(KEY)
     client.add(KEY, "1900-0")
 
-    assert history.since(KEY, START) == ([("1900-0", payload_of("1900-0"), None, None)], False)
+    assert history.since(KEY, START) == (
+        [("1900-0", payload_of("1900-0"), None, None, None)],
+        False,
+    )
 
 
 @pytest.mark.parametrize(
@@ -376,4 +422,7 @@ def test_since_reads_only_its_own_channel(client, history):
     client.add(OTHER, "1700-1", "1700-2")
     client.trim(OTHER, 1)
 
-    assert history.since(KEY, START) == ([("1700-0", payload_of("1700-0"), None, None)], False)
+    assert history.since(KEY, START) == (
+        [("1700-0", payload_of("1700-0"), None, None, None)],
+        False,
+    )

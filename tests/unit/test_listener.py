@@ -41,6 +41,7 @@ from tests.unit.fake_pubsub import (
 from turbocast.channels import history_key
 from turbocast.listener import BACKOFF_CAP, Listener
 from turbocast.message import REFRESH_HTML, Message
+from turbocast.subscriber import MESSAGE
 
 CONTROL = "turbo:relay:0123456789abcdef"
 CHAT_HISTORY = history_key(CHAT)
@@ -541,6 +542,24 @@ def test_each_channel_catches_up_from_the_last_id_delivered_on_it():
 
     assert sorted(history.calls) == sorted([(CHAT_HISTORY, tid(5, 1)), (NEWS_HISTORY, tid(1))])
     assert registry.ids == [tid(0), tid(1), tid(5, 1), None, tid(6), tid(7)]
+
+
+def test_live_and_caught_up_messages_carry_the_publishers_time():
+    live = (MESSAGE, b(CHAT), f"{tid(0)};t=1700000000500000 <a>".encode())
+    first = FakePubSub(live, LOST)
+    entries = [(tid(6), b"<c>", None, None, b"1700000001250000"), (tid(7), b"<d>")]
+    history = FakeHistory({CHAT_HISTORY: (entries, False)})
+    listener, registry, _ = make_listener(
+        first, FakePubSub(), registry=FakeRegistry(CHAT), history=history
+    )
+
+    run_until_done(listener)
+
+    assert [(m.id, m.published) for m in registry.delivered] == [
+        (tid(0), 1700000000.5),
+        (tid(6), 1700000001.25),
+        (tid(7), None),  # an entry written before the publisher's time was kept
+    ]
 
 
 def test_a_channel_with_nothing_delivered_catches_up_from_just_before_the_loss():

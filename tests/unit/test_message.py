@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from turbocast.message import REFRESH_HTML, SUBPROTOCOL, Cursor, Message, identity_frame
+from turbocast.message import (
+    REFRESH_HTML,
+    SUBPROTOCOL,
+    Cursor,
+    Message,
+    identity_frame,
+    published_seconds,
+)
 from turbocast.outbox import encode_text_frame
 
 NEWS = b"turbo:broadcast"
@@ -208,6 +215,83 @@ def test_from_payload_with_a_malformed_socket_mark_keeps_the_whole_payload_as_ht
     m = Message.from_payload(NEWS, "b", payload)
 
     assert (m.id, m.exclude, m.exclude_socket, m.html) == (None, None, None, payload)
+
+
+# -- the publisher's time (;t=) ------------------------------------------------------------
+
+
+def test_from_payload_reads_the_publishers_time_in_seconds():
+    m = Message.from_payload(NEWS, "b", b"1700000000000-3;t=1700000000123456 " + HTML)
+
+    assert (m.id, m.key, m.html) == ("1700000000000-3", (1700000000000, 3), HTML)
+    assert m.published == pytest.approx(1700000000.123456, abs=1e-6)
+    assert (m.exclude, m.exclude_socket) == (None, None)
+
+
+def test_from_payload_reads_the_time_after_both_exclusions():
+    head = b"1700-3;x=" + OTHER + b";s=" + SOCKET + b";t=1700000000000001"
+
+    m = Message.from_payload(NEWS, "b", head + b" " + HTML)
+
+    assert (m.id, m.exclude, m.exclude_socket, m.html) == ("1700-3", OTHER, SOCKET, HTML)
+    assert m.published == pytest.approx(1700000000.000001, abs=1e-6)
+
+
+def test_from_payload_reads_the_time_after_one_exclusion():
+    m = Message.from_payload(NEWS, "b", b"1700-3;s=" + SOCKET + b";t=5 " + HTML)
+
+    assert (m.exclude, m.exclude_socket, m.published) == (None, SOCKET, 0.000005)
+
+
+def test_a_message_without_a_time_has_none():
+    assert Message.from_payload(NEWS, "b", b"1700-3 " + HTML).published is None
+    assert Message.from_payload(NEWS, "b", HTML).published is None
+    assert message().published is None
+    assert Message(NEWS, "b", "1700-0", HTML, published=12.5).published == 12.5
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"1700-0;t= <p>no time after the mark</p>",
+        b"1700-0;t <p>no = after the mark</p>",
+        b"1700-0;t=abc <p>not digits</p>",
+        b"1700-0;t=-1700000000000000 <p>a sign</p>",
+        b"1700-0;t=+1700000000000000 <p>a sign</p>",
+        b"1700-0;t=1700000000.5 <p>a fraction</p>",
+        b"1700-0;t=1_700_000 <p>underscores</p>",
+        "1700-0;t=17\u0663 <p>a digit that is not ASCII</p>".encode(),
+        b"1700-0;x=abcdefghijklmnop;t=x1 <p>not digits after an exclusion</p>",
+        b"1700-0;t=1700000000000000;q=1 <p>an unknown mark after the time</p>",
+    ],
+)
+def test_from_payload_with_a_malformed_time_keeps_the_whole_payload_as_html(payload):
+    m = Message.from_payload(NEWS, "b", payload)
+
+    assert (m.id, m.key, m.exclude, m.exclude_socket, m.published, m.html) == (
+        None,
+        None,
+        None,
+        None,
+        None,
+        payload,
+    )
+
+
+def test_a_timed_message_looks_the_same_on_the_wire():
+    m = Message.from_payload(NEWS, "b", b"1700-0;t=1700000000000000 " + HTML)
+
+    assert m.plain_frame == encode_text_frame(HTML)
+    assert m.tagged_frame == encode_text_frame(b"m b 1700-0\n" + HTML)
+
+
+def test_published_seconds_of_a_history_entrys_time():
+    assert published_seconds(b"1700000000250000") == 1700000000.25
+    assert published_seconds(b"0") == 0.0
+    assert published_seconds(None) is None
+    for bad in (b"", b" 1", b"1e6", b"-1"):
+        with pytest.raises(ValueError):
+            published_seconds(bad)
 
 
 def test_the_identity_frame_tells_the_socket_id_in_a_line_of_its_own():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import pytest
@@ -33,7 +34,8 @@ class FakeClient:
 
     def register_script(self, script: str):
         # The publish script: KEYS=[history key, clock key],
-        # ARGV=[payload, maxlen, max age ms, channel, token, retry-from ms or ""].
+        # ARGV=[payload, maxlen, max age ms, channel, token, retry-from ms or "", excluded
+        # session, excluded socket, publish time in µs].
         self.script = script
         return self._run
 
@@ -221,6 +223,21 @@ def test_the_retry_carries_the_first_attempts_token_and_only_it_looks_for_it():
     assert retry[4] == first[4]  # the same publish: the same token
     # It looks from a few seconds before the first attempt began (Redis's clock may lag).
     assert before_ms - 60_000 < int(retry[5]) <= before_ms
+
+
+def test_the_retry_carries_the_first_attempts_time_which_is_the_publishers_own():
+    client = FakeClient(redis.ConnectionError("reply lost"), 1)
+    publisher = Publisher(client=client)  # type: ignore[arg-type]
+    before = time.time()
+
+    publisher.to_all(stream())
+    after = time.time()
+
+    (_, first), (_, retry) = client.calls
+    published_us = first[8]  # ARGV[9]: the publisher's time, µs since the epoch
+    assert isinstance(published_us, int)
+    assert math.floor(before * 1_000_000) <= published_us <= after * 1_000_000
+    assert retry[8] == published_us  # the same publish: the first attempt's time
 
 
 def test_each_publish_has_its_own_token(publisher, client):

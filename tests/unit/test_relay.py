@@ -635,9 +635,9 @@ def test_deliver_skips_every_socket_of_the_excluded_session_and_no_other():
 
 
 def test_an_excluding_message_from_redis_skips_that_session():
-    # The publisher's head "<id>;x=<session id>", as Redis hands it over.
+    # The publisher's head "<id>;x=<session id>;t=<µs>", as Redis hands it over.
     pubsub = FakePubSub(
-        (MESSAGE, b(NEWS), f"{tid(1)};x={SID_A} <p>".encode()),
+        (MESSAGE, b(NEWS), f"{tid(1)};x={SID_A};t=1700000000000000 <p>".encode()),
         published(NEWS, tid(2), b"<q>"),
     )
     relay, _, _ = make_relay(pubsub)
@@ -699,7 +699,7 @@ def test_a_message_excluding_a_session_and_a_socket_skips_both():
 
 def test_a_socket_excluding_message_from_redis_skips_that_socket_and_detach_forgets_its_id():
     pubsub = FakePubSub(
-        (MESSAGE, b(NEWS), f"{tid(1)};s={SOCKET_A1} <p>".encode()),
+        (MESSAGE, b(NEWS), f"{tid(1)};s={SOCKET_A1};t=1700000000000000 <p>".encode()),
         published(NEWS, tid(2), b"<q>"),
     )
     relay, _, _ = make_relay(pubsub)

@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics_dir = None
     if not env.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = tempfile.mkdtemp(prefix="turbocast-metrics-")
+        print(f"turbocast: metrics of the web workers in {metrics_dir} (/metrics)", flush=True)
     try:
         manager = Manager()
         for name, command in procfile.processes.items():

@@ -82,6 +82,14 @@ TARGETS = {
         lambda port, n: gunicorn("app:create_app()", "gthread", n + 64) + ["-b", f"127.0.0.1:{port}"],
         batch=BATCH,
     ),
+    # The batched row's server with Prometheus counting off (TURBO_METRICS=0): what the
+    # metrics cost where the server is the limit.
+    "turbocast-threads-batched-nometrics": Target(
+        "turbocast-threads-batched-nometrics", "turbocast",
+        lambda port, n: gunicorn("app:create_app()", "gthread", n + 64) + ["-b", f"127.0.0.1:{port}"],
+        env={"TURBO_METRICS": "0"},
+        batch=BATCH,
+    ),
     "turbocast-gevent": Target(
         "turbocast-gevent", "turbocast",
         lambda port, n: gunicorn("app:create_app()", "gevent", n + 64) + ["-b", f"127.0.0.1:{port}"],

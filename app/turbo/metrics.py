@@ -1,9 +1,10 @@
 """Prometheus metrics: what a web process holds and delivers, and what publishers send.
 
 Counted with ``prometheus-client`` when it is installed (``pip install
-'turbocast[metrics]'``); without it every metric below is a no-op and costs a
-function call. Served by :func:`metrics_view`, which the app mounts where it wants
-(``TURBO_METRICS_ROUTE``, unset by default) or routes itself.
+'turbocast[metrics]'``) and ``TURBO_METRICS=0`` is not in the process's environment;
+otherwise every metric below is a no-op and costs a function call. Served by
+:func:`metrics_view`, which the app mounts where it wants (``TURBO_METRICS_ROUTE``,
+unset by default) or routes itself.
 
 Several processes (gunicorn's workers): set ``PROMETHEUS_MULTIPROC_DIR`` to an empty
 directory, the same for the master and its workers, before they start, and run
@@ -58,7 +59,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from flask import Response
@@ -72,8 +73,9 @@ try:
 except ImportError:  # pragma: no cover - turbocast[metrics] not installed
     prometheus_client = None  # type: ignore[assignment]
 
-#: Whether metrics are counted: ``prometheus-client`` is installed.
-ENABLED = prometheus_client is not None
+#: Whether metrics are counted: ``prometheus-client`` is installed, and the environment
+#: variable ``TURBO_METRICS`` is not ``0`` (read once, when this module is imported).
+ENABLED = prometheus_client is not None and os.environ.get("TURBO_METRICS", "1") != "0"
 
 #: The latency histogram's buckets (seconds): a local delivery takes well under a millisecond,
 #: a catch-up after an outage of Redis seconds to minutes.
@@ -107,7 +109,9 @@ def _counter(name: str, doc: str, labels: Sequence[str] = ()) -> Any:
     return prometheus_client.Counter(name, doc, labels) if ENABLED else _Nothing()
 
 
-def _gauge(name: str, doc: str, mode: str, labels: Sequence[str] = ()) -> Any:
+def _gauge(
+    name: str, doc: str, mode: Literal["livesum", "liveall"], labels: Sequence[str] = ()
+) -> Any:
     if not ENABLED:
         return _Nothing()
     return prometheus_client.Gauge(name, doc, labels, multiprocess_mode=mode)
@@ -236,7 +240,11 @@ def registry() -> Any:
     if not ENABLED:
         from .errors import TurboError
 
-        raise TurboError("metrics need prometheus-client: pip install 'turbocast[metrics]'")
+        raise TurboError(
+            "metrics need prometheus-client: pip install 'turbocast[metrics]'"
+            if prometheus_client is None
+            else "metrics are turned off in this process (TURBO_METRICS=0 in its environment)"
+        )
     from prometheus_client import multiprocess
 
     if multiprocess_dir() is None:

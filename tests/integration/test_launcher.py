@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,6 +62,23 @@ def _page_answers(port: int) -> bool:
         conn.close()
 
 
+def _metrics(port: int) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        body = response.read().decode()
+    finally:
+        conn.close()
+    assert response.status == 200, body[:500]
+    return body
+
+
+def _multiproc_dir(output: str) -> str | None:
+    match = re.search(r"metrics of the web workers in (\S+)", output)
+    return match.group(1) if match else None
+
+
 def test_launcher_starts_everything_and_one_sigint_stops_everything(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SECRET_KEY")}
@@ -84,6 +102,12 @@ def test_launcher_starts_everything_and_one_sigint_stops_everything(tmp_path):
             "workers.celery beat",
         ):
             assert expected in commands, f"{expected} not running:\n{commands}"
+        # The web process's workers write their metrics to a directory the launcher made,
+        # and /metrics answers for every worker (prometheus-client's multiprocess mode).
+        metrics = _metrics(port)
+        assert "turbocast_relay_connected" in metrics and "pid=" in metrics, metrics[:500]
+        made = _multiproc_dir(log_path.read_text(errors="replace"))
+        assert made is not None and Path(made).is_dir()
 
         os.killpg(launcher.pid, signal.SIGINT)
         # 128 + SIGINT, as for any program stopped with Ctrl-C.
@@ -94,6 +118,7 @@ def test_launcher_starts_everything_and_one_sigint_stops_everything(tmp_path):
             what="every launched process to exit",
         )
         assert "embedded Redis stopped" in output()
+        assert not Path(made).exists(), "the metrics directory outlives the launcher"
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)

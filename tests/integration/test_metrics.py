@@ -11,6 +11,7 @@ The latency histogram counts exactly the messages delivered.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -26,6 +27,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 from markupsafe import Markup
 from prometheus_client.parser import text_string_to_metric_families
+from simple_websocket import ConnectionClosed
 
 from app.embedded_redis import EmbeddedRedis
 from tests.support import (
@@ -127,7 +129,8 @@ class Socket:
         return bool(self.ws.connected)
 
     def close(self) -> None:
-        self.ws.close()
+        with contextlib.suppress(ConnectionClosed):
+            self.ws.close()  # (raises when the server closed it already)
 
 
 class EventStream:
@@ -154,13 +157,16 @@ class EventStream:
                 elif not line and data:
                     self.messages.append("\n".join(data))
                     data = []
-        except (OSError, ValueError):
+        except Exception:  # noqa: BLE001 - cut off (closed here, or its worker killed)
             pass
         self.open = False
 
     def close(self) -> None:
-        if self.conn.sock is not None:
-            self.conn.sock.shutdown(socket.SHUT_RDWR)
+        sock = self.conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(10)  # its reader sees the end and lets go of the response
         self.conn.close()
 
 
@@ -171,7 +177,10 @@ def server() -> Iterator[EmbeddedRedis]:
     redis_server.close()
 
 
-def test_one_scrape_counts_what_both_workers_did(server, log_dir: Path, tmp_path: Path):
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_one_scrape_counts_what_both_workers_did(
+    server, log_dir: Path, tmp_path: Path, worker_class: str
+):
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     env = {
@@ -182,7 +191,9 @@ def test_one_scrape_counts_what_both_workers_did(server, log_dir: Path, tmp_path
         "TURBO_REDIS_HEALTH_CHECK_INTERVAL": "1",
         "TURBO_PING_INTERVAL": "5",
     }
-    web = WebServer(server.url, env=env, workers=2, threads=48).start(log_dir)
+    web = WebServer(server.url, env=env, workers=2, threads=48, worker_class=worker_class).start(
+        log_dir
+    )
     publisher = Publisher(server.url)
     sockets: dict[str, list[Socket]] = {}
     streams: list[EventStream] = []
@@ -372,10 +383,10 @@ def test_one_scrape_counts_what_both_workers_did(server, log_dir: Path, tmp_path
             what="every closed socket to be counted closed",
         )
     finally:
+        web.stop()
         for group in sockets.values():
             for s in group:
                 s.close()
         for stream in streams:
             stream.close()
         publisher.close()
-        web.stop()

@@ -246,6 +246,10 @@ def test_the_page_through_nginx_renders_a_wss_stream_url_for_the_host_the_browse
     assert session_id_of(cookie)
 
 
+def test_nginx_keeps_the_metrics_off_the_internet(proxy):
+    assert https_request(proxy.port, proxy.context(), "GET", "/metrics")[0] == 404
+
+
 def test_a_wss_socket_through_nginx_receives_a_push(proxy, publisher, redis_client):
     cookie, src = open_tls_session(proxy.port, proxy.context())
     sid = session_id_of(cookie)

@@ -66,6 +66,13 @@ def test_compose_runs_the_procfile_commands():
     assert services["beat"]["command"].startswith("celery -A workers.celery beat")
 
 
+def test_compose_gives_web_an_empty_metrics_directory_each_start():
+    web = _compose()["services"]["web"]
+    directory = web["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    assert directory in web["tmpfs"]  # a tmpfs: empty whenever the container starts
+    assert "metrics" in _compose()["services"]["install"]["command"]  # turbocast[...,metrics]
+
+
 def test_compose_puts_nginx_with_tls_in_front_of_web():
     services = _compose()["services"]
     proxy, web = services["proxy"], services["web"]

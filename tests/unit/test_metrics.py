@@ -5,7 +5,10 @@ The metrics of a real two-worker gunicorn under load: tests/integration/test_met
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -139,8 +142,25 @@ def test_the_route_is_off_by_default_and_serves_the_text_format_when_set():
 
 def test_the_route_without_prometheus_client_fails_at_set_up(monkeypatch):
     monkeypatch.setattr(metrics, "ENABLED", False)
+    monkeypatch.setattr(metrics, "prometheus_client", None)
     with pytest.raises(TurboError, match=r"pip install 'turbocast\[metrics\]'"):
         _app(TURBO_METRICS_ROUTE="/metrics")
+
+
+def test_turbo_metrics_0_turns_counting_off_in_that_process():
+    code = (
+        "import turbocast.metrics as m; m.written([], 0.0); "
+        "print(m.ENABLED, type(m.DELIVERED).__name__)"
+    )
+    for env, expected in (({"TURBO_METRICS": "0"}, "False _Nothing"), ({}, "True Counter")):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "TURBO_METRICS": "1", **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert out.split() == expected.split()
 
 
 def test_in_multiprocess_mode_a_scrape_reads_every_process_file(monkeypatch, tmp_path):

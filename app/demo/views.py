@@ -27,7 +27,10 @@ from turbocast import (
     InvalidChannelError,
     TurboStream,
     health_view,
+    member_dom_id,
     metrics_view,
+    presence_target,
+    render_stream,
     render_streams,
     rotate_session_id,
     session_id,
@@ -103,6 +106,18 @@ def current_user_id() -> str | None:
     """The demo's "authentication": a name kept in the signed session cookie."""
     user = session.get("user")
     return user if isinstance(user, str) else None
+
+
+@turbo.presence_renderer
+def render_presence(stream: str, member: str, joined: bool) -> TurboStream:
+    """A board's members: an avatar appended when a user opens the board, removed when
+    they leave (their last tab closed, after the grace period)."""
+    if joined:
+        return render_stream(
+            "append", presence_target(stream), template="demo/_member.html", stream=stream,
+            member=member,
+        )  # fmt: skip
+    return TurboStream.remove(member_dom_id(stream, member))
 
 
 @bp.post("/login")

@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     from .metrics import metrics_view
     from .models import broadcasts, broadcasts_refreshes, dom_id, suppressing_broadcasts
     from .outbox import CLOSE_OUTBOX_OVERFLOW
+    from .presence import Presence, member_dom_id, presence_target
     from .publisher import Batch, Publisher
     from .refreshes import Refresher, refresh_stream
     from .relay import close_all_sockets
@@ -130,6 +131,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "message": ("SUBPROTOCOL",),
     "metrics": ("metrics_view",),
+    "presence": ("Presence", "member_dom_id", "presence_target"),
     # Model broadcasts need SQLAlchemy (turbocast[sqlalchemy]): imported only when used.
     "models": ("broadcasts", "broadcasts_refreshes", "dom_id", "suppressing_broadcasts"),
     "outbox": ("CLOSE_OUTBOX_OVERFLOW",),
@@ -170,6 +172,7 @@ __all__ = [
     "InvalidChannelError",
     "InvalidStreamError",
     "MessageTooLargeError",
+    "Presence",
     "PublishError",
     "Publisher",
     "Refresher",
@@ -184,7 +187,9 @@ __all__ = [
     "close_all_sockets",
     "dom_id",
     "health_view",
+    "member_dom_id",
     "metrics_view",
+    "presence_target",
     "refresh_stream",
     "render_stream",
     "render_streams",

@@ -25,7 +25,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -36,6 +36,7 @@ from .channels import (
     history_key,
     label_for,
     new_socket_id,
+    stream_channel,
     user_key,
     valid_session_id,
     valid_socket_id,
@@ -47,7 +48,7 @@ from .helpers import SESSION_KEY, SOCKET_PARAM, STREAMS_ONLY, normalize_origin, 
 from .message import REFRESH_HTML, Cursor, Message, published_seconds
 from .outbox import CLOSE_OUTBOX_OVERFLOW, Outbox
 from .relay import Subscription
-from .signing import StreamSigner
+from .signing import PRESENCE_SALT, StreamSigner
 
 logger = logging.getLogger("turbocast")
 
@@ -90,6 +91,8 @@ class Admission:
     user: str | None = None
     #: When its admission began (``time.monotonic()``): a sign-out after it refuses it.
     started: float = 0.0
+    #: The named streams whose presence it takes part in (each among its streams).
+    presence: list[str] = field(default_factory=list)
 
 
 def _refuse(
@@ -194,7 +197,43 @@ def _admit(state: TurboState, positions: list[str]) -> Admission | Response:
     since = parse_positions(positions)
     if since is None:
         return _refuse(STATUS_BAD_POSITION, "invalid since position")
-    return Admission(sid, channels, since, user=_user(state, channels), started=started)
+    presence = _presence(state, channels)
+    if isinstance(presence, Response):
+        return presence
+    user = _user(state, channels)
+    return Admission(sid, channels, since, user=user, started=started, presence=presence)
+
+
+def _presence(state: TurboState, channels: list[str]) -> list[str] | Response:
+    """The streams whose presence a socket asked for: signed, and each among its streams."""
+    tokens = request.args.getlist("presence")
+    if not tokens:
+        return []
+    signer = StreamSigner(state.config["SECRET_KEY"], salt=PRESENCE_SALT)
+    try:
+        names = list(dict.fromkeys(signer.unsign(token) for token in tokens))
+    except InvalidChannelError:
+        return _refuse(STATUS_BAD_STREAM, "invalid presence signature")
+    prefix = state.config["TURBO_CHANNEL_PREFIX"]
+    if any(stream_channel(name, prefix) not in channels for name in names):
+        return _refuse(STATUS_BAD_STREAM, "presence of a stream the socket does not listen to")
+    return names
+
+
+def _arrive(state: TurboState, admission: Admission, held: ExitStack) -> Response | None:
+    """Count the socket in its streams' presence (announcing a join); undone with ``held``."""
+    if not admission.presence:
+        return None
+    keeper = state.keeper()
+    try:
+        connection = keeper.arrive(admission.presence, admission.user)
+    except redis.RedisError as exc:
+        return _refuse(
+            STATUS_REDIS_UNAVAILABLE, "Redis unavailable: presence not recorded",
+            turbo_error=repr(exc),
+        )  # fmt: skip
+    held.callback(keeper.depart, admission.presence, admission.user, connection)
+    return None
 
 
 def _user(state: TurboState, channels: list[str]) -> str | None:
@@ -346,6 +385,9 @@ def websocket_endpoint() -> Response:
         replay = _subscribe(state, admission, outbox, held)
         if isinstance(replay, Response):
             return replay
+        refusal = _arrive(state, admission, held)
+        if refusal is not None:
+            return refusal
         try:
             ws.accept()
         except Exception:  # noqa: BLE001 - the peer or the socket failed during the 101
@@ -427,6 +469,9 @@ def sse_endpoint() -> Response:
         replay = _subscribe(state, admission, outbox, held)
         if isinstance(replay, Response):
             return replay
+        refusal = _arrive(state, admission, held)
+        if refusal is not None:
+            return refusal
         # Ended when the server closes the response, whether or not it was ever iterated.
         life = held.pop_all()
     life.callback(_log_closed, admission.sid, outbox, "event stream ended")

@@ -30,6 +30,7 @@ from .helpers import (
     turbo_scripts,
     turbo_stream_source,
 )
+from .presence import Presence, PresenceKeeper, member_dom_id, presence_target
 from .publisher import Batch, Publisher
 from .relay import Relay
 from .settings import DEFAULTS, redis_url
@@ -53,6 +54,9 @@ logger = logging.getLogger("turbocast")
 
 UserLoader = Callable[[], "str | int | None"]
 L = TypeVar("L", bound=UserLoader)
+#: (stream name, user id, joined) -> Turbo Stream(s) to push, or None.
+PresenceRenderer = Callable[[str, str, bool], Any]
+R = TypeVar("R", bound=PresenceRenderer)
 
 
 class TurboState:
@@ -67,6 +71,9 @@ class TurboState:
         self._publisher: Publisher | None = None
         self._relay: Relay | None = None
         self._sockets: dict[str, int] = {}
+        self.app = app
+        self._presence: Presence | None = None
+        self._keeper: PresenceKeeper | None = None
 
     @contextmanager
     def socket_slot(self, sid: str) -> Iterator[bool]:
@@ -102,6 +109,50 @@ class TurboState:
                 # The same call a worker makes: the two cannot disagree on a setting.
                 self._publisher = Publisher.from_config(self.config)
             return self._publisher
+
+    @property
+    def presence(self) -> Presence:
+        """Presence in Redis, with this app's settings (its own connections)."""
+        with self._lock:
+            if self._presence is None:
+                self._presence = Presence.from_config(self.config)
+            return self._presence
+
+    def keeper(self) -> PresenceKeeper:
+        """This process's presence keeper (its thread starts with its first socket)."""
+        presence = self.presence
+        with self._lock:
+            if self._keeper is None:
+                self._keeper = PresenceKeeper(presence, self.announce)
+            return self._keeper
+
+    def announce(self, name: str, user: str, joined: bool) -> None:
+        """Push a presence change to the stream's pages, rendered by the app.
+
+        Called by the handler of the socket that made a join, and by the keeper's
+        thread for the leaves it reaps; a failure is logged, never raised.
+
+        :param name: the stream's name.
+        :param user: the member's user id as text.
+        :param joined: a join (``True``) or a leave.
+        """
+        try:
+            with self.app.app_context():
+                streams = self.turbo.presence_streams(name, user, joined)
+                if streams:
+                    self.publisher.to_stream(name, *streams)
+        except Exception:  # noqa: BLE001 - a renderer's or Redis's failure: log, go on
+            logger.exception(
+                "presence change not pushed",
+                extra={"turbo_stream": name, "turbo_joined": joined},
+            )
+            return
+        logger.info(
+            "presence: %s %s",
+            "joined" if joined else "left",
+            name,
+            extra={"turbo_stream": name, "turbo_joined": joined},
+        )
 
     def use_publisher(self, publisher: Publisher | None) -> Publisher | None:
         """Publish through ``publisher`` from now on; returns the one it replaces.
@@ -178,11 +229,14 @@ class TurboState:
         return relay
 
     def shutdown(self) -> None:
-        """Stop the relay thread (tests and graceful shutdown)."""
+        """Stop the relay and presence threads (tests and graceful shutdown)."""
         with self._lock:
             relay, self._relay = self._relay, None
+            keeper, self._keeper = self._keeper, None
         if relay is not None:
             relay.stop()
+        if keeper is not None:
+            keeper.stop()
 
 
 def _state() -> TurboState:
@@ -210,6 +264,7 @@ class Turbo:
 
     def __init__(self, app: Flask | None = None, celery: Celery | None = None) -> None:
         self._user_loader: UserLoader | None = None
+        self._presence_renderer: PresenceRenderer | None = None
         self._celery = celery
         if app is not None:
             self.init_app(app)
@@ -229,6 +284,67 @@ class Turbo:
         """
         self._user_loader = loader
         return loader
+
+    def presence_renderer(self, renderer: R) -> R:
+        """Register how a join and a leave of a stream's presence are rendered.
+
+        A decorator: the function gets the stream's name, the member's user id (as
+        text) and whether they joined, and returns the Turbo Streams to push to the
+        stream's pages (one, a list, or ``None`` for nothing). It runs in an app
+        context, in the web process that saw the change::
+
+            @turbo.presence_renderer
+            def render_presence(stream, user_id, joined):
+                if joined:
+                    user = db.session.get(User, int(user_id))
+                    return render_stream("append", presence_target(stream),
+                                         template="boards/_avatar.html", user=user)
+                return TurboStream.remove(member_dom_id(stream, user_id))
+
+        Without one: an ``<li id="member_dom_id(...)">`` with the user id, appended to
+        the element with id ``presence_target(stream)``, and removed on leave.
+
+        :param renderer: the function.
+        """
+        self._presence_renderer = renderer
+        return renderer
+
+    def presence_streams(self, name: str, user: str, joined: bool) -> list[Any]:
+        """The Turbo Streams that announce a join or a leave (see :meth:`presence_renderer`).
+
+        :param name: the stream's name.
+        :param user: the member's user id as text.
+        :param joined: a join (``True``) or a leave.
+        """
+        from markupsafe import Markup
+
+        from .presence import member_dom_id, presence_target
+        from .streams import TurboStream
+
+        if self._presence_renderer is not None:
+            result = self._presence_renderer(name, user, joined)
+            if result is None:
+                return []
+            return list(result) if isinstance(result, list | tuple) else [result]
+        dom = member_dom_id(name, user)
+        if joined:
+            item = Markup('<li id="{}" class="turbo-member">{}</li>').format(dom, user)
+            return [TurboStream.append(presence_target(name), item)]
+        return [TurboStream.remove(dom)]
+
+    def members(self, name: str) -> list[str]:
+        """The users on a named stream now (ids as text, sorted), from any process.
+
+        :param name: the stream's name.
+        """
+        return _state().presence.members(name)
+
+    def member_count(self, name: str) -> int:
+        """How many users are on a named stream now.
+
+        :param name: the stream's name.
+        """
+        return _state().presence.count(name)
 
     def load_user_id(self) -> str | int | None:
         """The current user's id from the registered loader (``None`` without one)."""
@@ -283,6 +399,10 @@ class Turbo:
 
         app.cli.add_command(turbo_cli)
         app.add_template_global(turbo_scripts)
+        # Presence on a page: the members at its first render, and the ids of their elements.
+        app.add_template_global(presence_target)
+        app.add_template_global(member_dom_id)
+        app.add_template_global(self.members, "turbo_members")
         app.context_processor(
             lambda: {"turbo_stream_source": turbo_stream_source, "turbo_stream_url": stream_url}
         )

@@ -14,7 +14,7 @@ from .assets import script_tag
 from .channels import valid_session_id, valid_socket_id
 from .errors import TurboError
 from .settings import setting
-from .signing import StreamSigner
+from .signing import PRESENCE_SALT, StreamSigner
 
 #: The key of the session id in Flask's (signed) session.
 SESSION_KEY = "turbo_sid"
@@ -127,6 +127,7 @@ def stream_url(
     transport: str | None = None,
     positions: bool = True,
     streams_only: bool = False,
+    presence: Iterable[str] = (),
 ) -> str:
     """Return the absolute URL a page's stream source connects to.
 
@@ -142,6 +143,8 @@ def stream_url(
         so that what is published between this render and the connect is replayed.
     :param streams_only: listen to the named streams only, not to the session's,
         everyone's and the user's channels (``only=streams``).
+    :param presence: names of streams (among ``streams``; added when missing) whose
+        presence the page takes part in (see :mod:`turbocast.presence`), signed apart.
     """
     transport = transport or str(setting(current_app.config, "TURBO_TRANSPORT"))
     if transport not in TRANSPORTS:
@@ -160,11 +163,16 @@ def stream_url(
         url_scheme = "https" if secure else "http"
     else:
         url_scheme = "wss" if secure else "ws"
+    present = list(dict.fromkeys([presence] if isinstance(presence, str) else presence))
     names = [streams] if isinstance(streams, str) else list(streams)
+    names += [name for name in present if name not in names]
     query = [STREAMS_ONLY] if streams_only else []
     if names:
         signer = StreamSigner(current_app.secret_key or "")
         query += [("streams", signer.sign(name)) for name in names]
+    if present:
+        signer = StreamSigner(current_app.secret_key or "", salt=PRESENCE_SALT)
+        query += [("presence", signer.sign(name)) for name in present]
     if positions:
         state = current_app.extensions["turbo"]
         channels = state.page_channels(session_id(), names, shared=not streams_only)
@@ -198,6 +206,7 @@ def turbo_stream_source(
     *,
     streams: Iterable[str] = (),
     transport: str | None = None,
+    presence: Iterable[str] = (),
     **attributes: str,
 ) -> Markup:
     """Render the element through which this page receives its streams.
@@ -226,6 +235,9 @@ def turbo_stream_source(
     :param path: the endpoint's path; by default the registered route.
     :param streams: names of streams this page listens to, signed into the URL.
     :param transport: ``"websocket"``, ``"turbo"`` or ``"sse"``.
+    :param presence: names of streams whose presence the page takes part in (listened
+        to as well): its signed-in user is a member while the page is open, and the
+        page gets the joins and leaves (see :mod:`turbocast.presence`).
     :param attributes: extra attributes (``id``, ``data_*``; ``_`` becomes ``-``).
     """
     session_id()
@@ -236,13 +248,25 @@ def turbo_stream_source(
         if not _ATTR_RE.fullmatch(name) or name == "src":
             raise TurboError(f"bad attribute for the stream source: {name!r}")
         extra.append(f' {name}="{escape(value)}"')
+    present = list(dict.fromkeys([presence] if isinstance(presence, str) else presence))
     names = list(dict.fromkeys([streams] if isinstance(streams, str) else streams))
+    names += [name for name in present if name not in names]
     rendered: set[str] | None = g.get(_RENDERED)
     if rendered is not None:
+        late = [name for name in present if name in rendered]
+        if late:
+            raise TurboError(
+                f"an earlier turbo_stream_source of this page listens to {late[0]!r} already: "
+                "ask for its presence there (presence=[...])"
+            )
         names = [name for name in names if name not in rendered]
         if not names:
             return Markup("")
-    src = escape(stream_url(path, names, transport=transport, streams_only=rendered is not None))
+    src = escape(
+        stream_url(
+            path, names, transport=transport, streams_only=rendered is not None, presence=present
+        )
+    )
     setattr(g, _RENDERED, (rendered or set()) | set(names))
     attrs = f'src="{src}"{"".join(extra)}'
     if transport == "websocket":

@@ -71,6 +71,12 @@ DEFAULTS: dict[str, Any] = {
     # Model broadcasts: where a worker gets a SQLAlchemy session to load a changed instance
     # again, a sessionmaker or its import path ("yourapp.db:Session"); unset: Flask-SQLAlchemy's.
     "TURBO_SQLALCHEMY_SESSION": None,
+    # Presence (turbo_stream_source(presence=[...])): seconds a closed socket still counts, so
+    # that a reload or a Turbo navigation is neither a leave nor a join.
+    "TURBO_PRESENCE_GRACE": 3.0,
+    # Presence: seconds a live socket counts without its web process's renewal (every third
+    # of it); a process killed takes its members with it within this plus half a second.
+    "TURBO_PRESENCE_TTL": 15.0,
     # Seconds a named stream's refresh waits, taking in every other refresh of that stream asked
     # for meanwhile by any process: one refresh per window (turbo-rails' debouncer: 0.5); 0: none.
     "TURBO_REFRESH_DEBOUNCE": 0.5,

@@ -13,18 +13,22 @@ from .channels import check_stream_name
 from .errors import InvalidChannelError
 
 SALT = "turbocast.stream-name"
+#: Presence requests are signed apart: a stream's token does not ask for its presence.
+PRESENCE_SALT = "turbocast.presence"
 
 
 class StreamSigner:
     """Signs and verifies stream names.
 
     :param secret_key: the app's ``SECRET_KEY``.
+    :param salt: what the tokens are for (:data:`SALT`: listening; :data:`PRESENCE_SALT`:
+        taking part in a stream's presence); a token of one salt is invalid for another.
     """
 
-    def __init__(self, secret_key: str | bytes) -> None:
+    def __init__(self, secret_key: str | bytes, salt: str = SALT) -> None:
         if not secret_key:
             raise InvalidChannelError("signing stream names needs a SECRET_KEY")
-        self._serializer = URLSafeSerializer(secret_key, salt=SALT)
+        self._serializer = URLSafeSerializer(secret_key, salt=salt)
 
     def sign(self, name: str) -> str:
         """Return a URL-safe token that carries ``name`` and its signature.

@@ -239,6 +239,23 @@ class TurboState:
             keeper.stop()
 
 
+def _page_members(name: str) -> list[str]:
+    """``turbo_members(name)`` in a template: the members, or none when Redis is away.
+
+    A page still renders without Redis (its stream source reconnects later), as it does
+    without its stream positions; the members it missed then arrive as joins.
+    """
+    try:
+        return _state().presence.members(name)
+    except redis.RedisError as exc:
+        logger.warning(
+            "no presence members for the page (%s)",
+            exc.__class__.__name__,
+            extra={"turbo_stream": name, "turbo_error": repr(exc)},
+        )
+        return []
+
+
 def _state() -> TurboState:
     state = current_app.extensions.get("turbo")
     if not isinstance(state, TurboState):
@@ -402,7 +419,7 @@ class Turbo:
         # Presence on a page: the members at its first render, and the ids of their elements.
         app.add_template_global(presence_target)
         app.add_template_global(member_dom_id)
-        app.add_template_global(self.members, "turbo_members")
+        app.add_template_global(_page_members, "turbo_members")
         app.context_processor(
             lambda: {"turbo_stream_source": turbo_stream_source, "turbo_stream_url": stream_url}
         )

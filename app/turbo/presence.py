@@ -190,8 +190,9 @@ class Presence:
         from .settings import redis_url, setting
 
         if client is None:
+            timeout = float(setting(config, "TURBO_REDIS_TIMEOUT"))
             client = redis.Redis.from_url(
-                redis_url(config), socket_timeout=float(setting(config, "TURBO_REDIS_TIMEOUT"))
+                redis_url(config), socket_connect_timeout=timeout, socket_timeout=timeout
             )
         return cls(
             client,

@@ -144,3 +144,16 @@ def test_a_page_listing_members_still_renders_without_redis(caplog):
         )
     assert html == "[]"
     assert "no presence members for the page" in caplog.text
+
+
+def test_a_socket_without_presence_costs_nothing_no_keeper_no_redis():
+    from contextlib import ExitStack
+
+    from turbocast.endpoint import _arrive
+
+    app = _app()
+    state = app.extensions["turbo"]
+    admission = Admission(SID, ["turbo:stream:board:1"], {}, user="ada")
+    with ExitStack() as held:
+        assert _arrive(state, admission, held) is None
+    assert state._keeper is None and state._presence is None

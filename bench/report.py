@@ -162,6 +162,28 @@ def table(runs: list[dict[str, Any]]) -> list[str]:
             f"| {name} | {both(runs, 'W6', name, 'p50_ms', 2)} | "
             f"{both(runs, 'W6', name, 'p99_ms', 2)} | {both(runs, 'W6', name, 'received', 0)} |"
         )
+    lines += presence_table(runs)
+    return lines
+
+
+def presence_table(runs: list[dict[str, Any]]) -> list[str]:
+    """W7: each run's presence figures (bench/presence.py renders them)."""
+    from bench.presence import table as w7_table
+
+    lines: list[str] = []
+    for i, r in enumerate(runs, 1):
+        result = get(r, "W7", "turbocast-threads")
+        if "phases" not in result:
+            continue
+        lines += [
+            "",
+            f"W7 presence, run {i}: {result['members']:,} members (one connection each) on one "
+            f"stream, median of {result['rounds']} rounds, Redis {result['redis_version']}; "
+            "`python -m bench.presence` on its own. Per member unless marked; ratios against "
+            "the peers measured in the same run.",
+            "",
+            *w7_table(result),
+        ]
     return lines
 
 

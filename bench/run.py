@@ -418,6 +418,22 @@ def w6(target: Target, quick: bool) -> dict[str, Any]:
     return r
 
 
+def w7(target: Target, quick: bool) -> dict[str, Any]:
+    """W7 presence: 1,000 members' join, heartbeat, leave and reads, Redis memory per member.
+
+    No web server: bench/presence.py drives turbocast's ``Presence`` against its own Redis
+    (Redis on core 0, the client on core 1), beside a ``Publisher.to_stream`` publish and a
+    PING measured the same way in the same process, for the ratios.
+    """
+    if target.kind != "turbocast":
+        return {"skipped": "turbocast only: presence is turbocast's"}
+    argv = [PY, "-m", "bench.presence", "--json", *(["--quick"] if quick else [])]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result.pop("per_round", None)
+    return result
+
+
 def _wait_for_worker(worker: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
     """Until the Celery worker says it is ready (connected to the broker, consuming)."""
     deadline = time.monotonic() + timeout
@@ -427,12 +443,14 @@ def _wait_for_worker(worker: subprocess.Popen[bytes], log: Path, timeout: float 
         time.sleep(0.1)
 
 
-WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6}
+WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7}
 DEFAULT_TARGETS = ["turbocast-threads", "turbocast-gevent", "floor", "socketio-threads"]
 # Memory is where the serving mode matters most: both peers' modes too. W6 is turbocast's own.
 WORKLOAD_TARGETS = {
     "W4": [*DEFAULT_TARGETS, "socketio-gevent"],
     "W6": ["turbocast-threads", "turbocast-gevent"],
+    # The library against Redis, no server: one row (the target only names turbocast).
+    "W7": ["turbocast-threads"],
     # The batched publisher beside the one-by-one one.
     "W2": ["turbocast-threads", "turbocast-threads-batched", *DEFAULT_TARGETS[1:]],
 }

@@ -63,3 +63,27 @@ def test_the_batched_w2_publisher_runs_beside_the_one_by_one_one_with_no_loss(tm
     )  # fmt: skip
     report = (tmp_path / "BENCHMARKS.md").read_text()
     assert "| W2 | turbocast-threads-batched (batched, 100 per batch) |" in report
+
+
+def test_the_presence_workload_measures_1000_members_and_the_report_renders_it(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "bench.run", "--runs", "1", "--quick", "--workloads", "W7",
+         "--out", str(tmp_path)],
+        cwd=ROOT, check=True, timeout=120, capture_output=True,
+    )  # fmt: skip
+    results = json.loads((tmp_path / "run-1.json").read_text())
+    w7 = results["workloads"]["W7"]["turbocast-threads"]
+    assert "error" not in w7, w7
+    assert w7["members"] > 0
+    for phase in ("join", "renew", "linger", "reap", "members", "count", "publish", "ping"):
+        assert w7["phases"][phase]["complete"], phase
+        assert w7["phases"][phase]["wall_us"] > 0, phase
+    assert w7["ratios"]["publish"]["join"]["wall_us"] > 0
+    assert w7["memory"]["bytes_per_member"] > 0
+    subprocess.run(
+        [sys.executable, "-m", "bench.report", "--results", str(tmp_path), "--out", str(tmp_path)],
+        cwd=ROOT, check=True, timeout=120, capture_output=True,
+    )  # fmt: skip
+    report = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "| join, one by one (per member) |" in report
+    assert "| presence keys ÷ the set |" in report

@@ -510,7 +510,8 @@ class WebSocket:
             self._send(message.tagged_frame if tagged else message.plain_frame)
         else:
             self._send(b"".join(m.tagged_frame if tagged else m.plain_frame for m in admitted))
-        metrics.written(admitted, time.time(), replay=replay)
+        if replay:  # (live messages are counted once per process, by the relay)
+            metrics.replayed(admitted)
 
     def serve(self, replay: list[Message], *, socket_id: str | None = None) -> str:
         """Write until the connection ends, then close it; the writer calls this after accept().

@@ -498,7 +498,8 @@ def _sse_events(
         admitted = [m for m in batch if cursor.admit(m)]
         if admitted:
             yield "".join(_sse_event(m, positions) for m in admitted)
-            metrics.written(admitted, time.time(), replay=replaying)
+            if replaying:  # (live messages are counted once per process, by the relay)
+                metrics.replayed(admitted)
         _, batch, closing = outbox.drain(interval)
         replaying = False
         if closing is not None:

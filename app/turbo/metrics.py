@@ -22,14 +22,20 @@ The metrics (the README's "Metrics" section lists them too):
 ``turbocast_sockets_opened_total{transport}``
     Sockets opened (the 101 or the event stream's 200 went out).
 ``turbocast_messages_delivered_total``
-    Live messages written to sockets, one per socket: what the relay forwarded, and
-    what it caught up with after an outage of Redis.
+    Live messages a web process's relay handed to its sockets (to at least one):
+    one per message per process, whatever its fan-out; the relay's catch-up after an
+    outage of Redis included.
 ``turbocast_delivery_latency_seconds``
     For each delivered message, the time from its publish (the publisher's clock,
-    which travels with the message) to its write to the socket (this host's clock):
-    the clocks must agree (NTP); a negative difference counts as 0. Its count equals
-    ``turbocast_messages_delivered_total`` for messages turbocast's publisher sent
-    (a message published by anything else carries no time and is not observed).
+    which travels with the message) to the relay's hand-off to the sockets' writers
+    (this host's clock): the clocks must agree (NTP); a negative difference counts
+    as 0. Its count equals ``turbocast_messages_delivered_total`` for messages
+    turbocast's publisher sent (one published by anything else carries no time and
+    is not observed). Each socket's writer sends what it was handed at once; a
+    socket that cannot keep up shows in the two metrics below.
+``turbocast_socket_messages_total``
+    Live messages handed to sockets, one per socket: the fan-out. Those written are
+    this less ``turbocast_messages_dropped_total``.
 ``turbocast_messages_dropped_total``
     Messages for a socket thrown away unsent: after its outbox overflowed, or
     arriving while it closed.
@@ -40,7 +46,7 @@ The metrics (the README's "Metrics" section lists them too):
     position (a resume), one per socket.
 ``turbocast_replay_gaps_total``
     Gaps signalled to a socket (a ``refresh``): the history no longer held what it
-    missed, at its resume or after an outage of Redis.
+    missed, at its resume or after an outage of Redis; one per socket.
 ``turbocast_relay_connected``
     Per process (label ``pid`` in multiprocess mode): 1 while its relay is subscribed
     to Redis with every channel confirmed, 0 while not (or before its first socket).
@@ -58,6 +64,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -125,16 +132,19 @@ SOCKETS_OPENED = _counter(
     "turbocast_sockets_opened", "Sockets opened, by transport.", ["transport"]
 )
 DELIVERED = _counter(
-    "turbocast_messages_delivered", "Live messages written to sockets, one per socket."
+    "turbocast_messages_delivered", "Live messages a relay handed to its sockets, once each."
 )
 LATENCY = (
     prometheus_client.Histogram(
         "turbocast_delivery_latency_seconds",
-        "Seconds from a delivered message's publish (the publisher's clock) to its write.",
+        "Seconds from a delivered message's publish (the publisher's clock) to its hand-off.",
         buckets=LATENCY_BUCKETS,
     )
     if ENABLED
     else _Nothing()
+)
+SOCKET_MESSAGES = _counter(
+    "turbocast_socket_messages", "Live messages handed to sockets, one per socket."
 )
 DROPPED = _counter(
     "turbocast_messages_dropped",
@@ -169,6 +179,7 @@ NAMES = (
     "turbocast_sockets_opened_total",
     "turbocast_messages_delivered_total",
     "turbocast_delivery_latency_seconds",
+    "turbocast_socket_messages_total",
     "turbocast_messages_dropped_total",
     "turbocast_outbox_overflows_total",
     "turbocast_replayed_messages_total",
@@ -181,26 +192,34 @@ NAMES = (
 )
 
 
-def written(messages: Sequence[Message], now: float, *, replay: bool = False) -> None:
-    """Count messages just written to one socket, and observe each live one's latency.
+def relayed(message: Message, sockets: int) -> None:
+    """Count a live message the relay just handed to the outboxes of ``sockets`` sockets.
 
-    :param messages: what the write carried, in order.
-    :param now: when it was written (``time.time()``).
-    :param replay: whether they came from the history at the socket's start (a resume).
+    Once per message per process, in the relay's thread: the cost does not grow with
+    the fan-out.
+
+    :param message: the message.
+    :param sockets: how many sockets it was handed to (at least one).
+    """
+    if message.gap:
+        GAPS.inc(sockets)
+        return
+    DELIVERED.inc()
+    SOCKET_MESSAGES.inc(sockets)
+    if message.published is not None:
+        LATENCY.observe(max(0.0, time.time() - message.published))
+
+
+def replayed(messages: Sequence[Message]) -> None:
+    """Count the history sent to one socket at its start (a resume): messages and gaps.
+
+    :param messages: what the write carried.
     """
     gaps = sum(1 for m in messages if m.gap)
     if gaps:
         GAPS.inc(gaps)
-    count = len(messages) - gaps
-    if not count:
-        return
-    if replay:
-        REPLAYED.inc(count)
-        return
-    DELIVERED.inc(count)
-    for message in messages:
-        if message.published is not None and not message.gap:
-            LATENCY.observe(max(0.0, now - message.published))
+    if len(messages) > gaps:
+        REPLAYED.inc(len(messages) - gaps)
 
 
 def socket_opened(transport: str) -> None:

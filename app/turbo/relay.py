@@ -32,6 +32,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from . import metrics
 from .channels import control_channel
 from .control import CLOSE_SIGNED_OUT, Kind
 from .heartbeat import Heartbeat
@@ -481,14 +482,19 @@ class Relay:
         if excluded is None and excluded_socket is None:
             for outbox in outboxes:
                 outbox.put(message)
+            count = len(outboxes)
         else:
             sessions, sockets = self._sessions, self._sockets
+            count = 0
             for outbox in outboxes:
                 if (excluded is None or sessions.get(outbox) != excluded) and (
                     excluded_socket is None or sockets.get(outbox) != excluded_socket
                 ):
                     outbox.put(message)
+                    count += 1
         self.delivered += 1
+        if count:
+            metrics.relayed(message, count)
 
 
 def _short(ident: bytes | None) -> str | None:

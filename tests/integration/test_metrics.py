@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
+import redis
 from markupsafe import Markup
 from prometheus_client.parser import text_string_to_metric_families
 from simple_websocket import ConnectionClosed
@@ -36,11 +37,12 @@ from tests.support import (
     WebServer,
     _request,
     http_connection,
+    numsub,
     open_session,
     session_id_of,
     wait_for,
 )
-from turbocast import CLOSE_OUTBOX_OVERFLOW, SUBPROTOCOL, Publisher, TurboStream
+from turbocast import CLOSE_OUTBOX_OVERFLOW, SUBPROTOCOL, Publisher, TurboStream, channel_for
 from turbocast.metrics import NAMES
 
 SESSIONS = 6
@@ -194,6 +196,12 @@ def test_one_scrape_counts_what_both_workers_did(
     web = WebServer(server.url, env=env, workers=2, threads=48, worker_class=worker_class).start(
         log_dir
     )
+    client = redis.Redis.from_url(server.url)
+
+    def processes(cookie: str) -> int:
+        """How many web processes hold a socket of this cookie's session."""
+        return numsub(client, channel_for(session_id_of(cookie)))
+
     publisher = Publisher(server.url)
     sockets: dict[str, list[Socket]] = {}
     streams: list[EventStream] = []
@@ -251,14 +259,19 @@ def test_one_scrape_counts_what_both_workers_did(
             lambda: all(len(s.messages) >= NUDGES for s in targets),
             what="every socket to receive its session's messages",
         )
-        delivered = sum(len(s.messages) for s in targets)
-        assert delivered == NUDGES * len(targets)
+        fanout = sum(len(s.messages) for s in targets)
+        assert fanout == NUDGES * len(targets)
+        # Each message is delivered once by each web process holding a socket of its
+        # session: as many as Redis counts subscribed to the session's channel.
+        delivered = sum(NUDGES * processes(cookie) for cookie in cookies)
+        assert SESSIONS * NUDGES <= delivered <= 2 * SESSIONS * NUDGES
         samples = scrape(web)
         assert value(samples, "turbocast_publishes_total") == SESSIONS * NUDGES
         assert value(samples, "turbocast_publish_errors_total") == 0
         assert value(samples, "turbocast_messages_delivered_total") == delivered
         assert value(samples, "turbocast_delivery_latency_seconds_count") == delivered
         assert value(samples, "turbocast_delivery_latency_seconds_sum") > 0
+        assert value(samples, "turbocast_socket_messages_total") == fanout
         assert value(samples, "turbocast_replayed_messages_total") == 0
 
         # -- A tagged socket comes back from its first message: the other three are replayed.
@@ -276,6 +289,7 @@ def test_one_scrape_counts_what_both_workers_did(
         assert value(samples, "turbocast_replayed_messages_total") == NUDGES - 1
         assert value(samples, "turbocast_replay_gaps_total") == 1
         assert value(samples, "turbocast_messages_delivered_total") == delivered
+        assert value(samples, "turbocast_socket_messages_total") == fanout
 
         # -- A client that stops reading: its outbox overflows (4001). A message to everyone
         # after the big ones: once every socket has it, both relays have tried every put.
@@ -287,18 +301,19 @@ def test_one_scrape_counts_what_both_workers_did(
             interval=0.2,
         )
         big = TurboStream.update("blob", Markup("x" * 64 * 1024))
+        # Each publish says how many web processes got it: each delivered it once.
         for _ in range(BIG):
-            publisher.to_session(slow_sid, big)
-        publisher.to_all(TurboStream.update("marker", "after"))
+            delivered += publisher.to_session(slow_sid, big)
+        delivered += publisher.to_all(TurboStream.update("marker", "after"))
         live = [s for s in [*every, *streams, resumed, lost] if s is not first]
         wait_for(lambda: all(s.messages and "marker" in s.messages[-1] for s in live))
         received, close = slow.read_until_closed()
         assert close is not None and close.code == CLOSE_OUTBOX_OVERFLOW, close
         assert 0 < len(received) < BIG
-        # What the sockets got, but the replay and the gap (counted apart) and less the slow
-        # client's, whose writes it read after the close.
+        # Handed to sockets: what they got but the replay and the gap (counted apart), and
+        # every message for the slow one (written, or thrown away).
         replayed = NUDGES - 1 + 1
-        delivered = sum(len(s.messages) for s in [*live, first]) - replayed + len(received)
+        fanout = sum(len(s.messages) for s in [*live, first]) - replayed + BIG + 1
         samples = wait_for(
             lambda: (s := scrape(web)) and value(s, "turbocast_outbox_overflows_total") == 1 and s,
             interval=0.2,
@@ -308,6 +323,7 @@ def test_one_scrape_counts_what_both_workers_did(
         assert value(samples, "turbocast_messages_dropped_total") == BIG + 1 - len(received)
         assert value(samples, "turbocast_messages_delivered_total") == delivered
         assert value(samples, "turbocast_delivery_latency_seconds_count") == delivered
+        assert value(samples, "turbocast_socket_messages_total") == fanout
         assert value(samples, "turbocast_publishes_total") == SESSIONS * NUDGES  # not the test's
 
         # -- Redis stops, a view's publish fails, Redis starts again: each relay reconnects
@@ -350,7 +366,10 @@ def test_one_scrape_counts_what_both_workers_did(
         wait_for(lambda: all(len(s.messages) > NUDGES + 1 for s in sockets[cookies[3]]))
         samples = scrape(web)
         assert value(samples, "turbocast_publishes_total") == SESSIONS * NUDGES + 1
-        assert value(samples, "turbocast_messages_delivered_total") == delivered + len(
+        assert value(samples, "turbocast_messages_delivered_total") == delivered + processes(
+            cookies[3]
+        )
+        assert value(samples, "turbocast_socket_messages_total") == fanout + len(
             sockets[cookies[3]]
         )
         assert value(samples, "turbocast_delivery_latency_seconds_count") == value(
@@ -384,6 +403,7 @@ def test_one_scrape_counts_what_both_workers_did(
         )
     finally:
         web.stop()
+        client.close()
         for group in sockets.values():
             for s in group:
                 s.close()

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,25 +35,29 @@ def message(published: float | None, *, gap: bool = False) -> Message:
     return Message(b"turbo:session:x", "s", "1-0", html, gap=gap, published=published)
 
 
-def test_live_messages_count_as_delivered_and_each_one_observes_its_latency():
+def test_a_relayed_message_counts_once_with_its_fan_out_and_observes_its_latency():
     delivered = sample("turbocast_messages_delivered_total")
+    fanout = sample("turbocast_socket_messages_total")
     observed = sample("turbocast_delivery_latency_seconds_count")
     total = sample("turbocast_delivery_latency_seconds_sum")
 
-    metrics.written([message(100.0), message(99.5)], now=100.25)
+    sent = time.time() - 0.25
+    metrics.relayed(message(sent), 1000)
 
-    assert sample("turbocast_messages_delivered_total") - delivered == 2
-    assert sample("turbocast_delivery_latency_seconds_count") - observed == 2
-    assert sample("turbocast_delivery_latency_seconds_sum") - total == pytest.approx(1.0)
+    assert sample("turbocast_messages_delivered_total") - delivered == 1
+    assert sample("turbocast_socket_messages_total") - fanout == 1000
+    assert sample("turbocast_delivery_latency_seconds_count") - observed == 1
+    assert 0.25 <= sample("turbocast_delivery_latency_seconds_sum") - total < 5
 
 
-def test_a_clock_behind_the_publishers_observes_zero_and_no_time_observes_nothing():
+def test_a_clock_ahead_of_this_hosts_observes_zero_and_no_time_observes_nothing():
     delivered = sample("turbocast_messages_delivered_total")
     observed = sample("turbocast_delivery_latency_seconds_count")
     total = sample("turbocast_delivery_latency_seconds_sum")
     fast = sample("turbocast_delivery_latency_seconds_bucket", le="0.0005")
 
-    metrics.written([message(101.0), message(None)], now=100.0)
+    metrics.relayed(message(time.time() + 60), 1)  # the publisher's clock is a minute ahead
+    metrics.relayed(message(None), 1)  # published by something else
 
     assert sample("turbocast_messages_delivered_total") - delivered == 2
     assert sample("turbocast_delivery_latency_seconds_count") - observed == 1
@@ -65,11 +70,11 @@ def test_a_replay_and_gaps_are_counted_apart_from_delivered():
     replayed = sample("turbocast_replayed_messages_total")
     gaps = sample("turbocast_replay_gaps_total")
 
-    metrics.written([message(1.0), message(2.0), message(None, gap=True)], 3.0, replay=True)
-    metrics.written([message(None, gap=True)], 3.0)  # a catch-up's gap, live
+    metrics.replayed([message(1.0), message(2.0), message(None, gap=True)])
+    metrics.relayed(message(None, gap=True), 3)  # a catch-up's gap, to three sockets
 
     assert sample("turbocast_replayed_messages_total") - replayed == 2
-    assert sample("turbocast_replay_gaps_total") - gaps == 2
+    assert sample("turbocast_replay_gaps_total") - gaps == 4
     assert sample("turbocast_messages_delivered_total") == delivered
 
 
@@ -149,7 +154,7 @@ def test_the_route_without_prometheus_client_fails_at_set_up(monkeypatch):
 
 def test_turbo_metrics_0_turns_counting_off_in_that_process():
     code = (
-        "import turbocast.metrics as m; m.written([], 0.0); "
+        "import turbocast.metrics as m; m.replayed([]); "
         "print(m.ENABLED, type(m.DELIVERED).__name__)"
     )
     for env, expected in (({"TURBO_METRICS": "0"}, "False _Nothing"), ({}, "True Counter")):

@@ -9,10 +9,11 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from flask import Flask, Response, render_template_string, request, session
+from flask import Flask, Response, render_template_string
 from markupsafe import Markup
 
 from app import create_app
+from tests.unit.test_endpoint import SID, _admit_with, _signed
 from turbocast import (
     STATUS_BAD_STREAM,
     Turbo,
@@ -22,11 +23,8 @@ from turbocast import (
     presence_target,
     stream_url,
 )
-from turbocast.endpoint import Admission, _admit
-from turbocast.helpers import SESSION_KEY
+from turbocast.endpoint import Admission
 from turbocast.signing import PRESENCE_SALT, StreamSigner
-
-SID = "a" * 32
 
 
 def test_the_ids_of_the_members_list_and_of_each_member():
@@ -64,35 +62,23 @@ def test_a_second_source_cannot_ask_for_the_presence_of_a_stream_the_first_liste
         render_template_string(page)
 
 
-def _admit_with(query: list[tuple[str, str]]) -> Admission | Response:
-    app = _app()
-    environ = {"wsgi.multithread": True}
-    with app.test_request_context("/turbo-stream", query_string=query, environ_overrides=environ):
-        session[SESSION_KEY] = SID
-        return _admit(app.extensions["turbo"], request.args.getlist("since"))
-
-
-def _stream(name: str) -> tuple[str, str]:
-    return ("streams", StreamSigner("x").sign(name))
-
-
 def _presence(name: str, salt: str = PRESENCE_SALT) -> tuple[str, str]:
     return ("presence", StreamSigner("x", salt=salt).sign(name))
 
 
 def test_a_socket_takes_part_in_the_presence_it_asked_for():
-    admission = _admit_with([_stream("board:1"), _stream("board:2"), _presence("board:1")])
+    admission = _admit_with([_signed("board:1"), _signed("board:2"), _presence("board:1")])
     assert isinstance(admission, Admission)
     assert admission.presence == ["board:1"]
-    assert _admit_with([_stream("board:1")]).presence == []  # type: ignore[union-attr]
+    assert _admit_with([_signed("board:1")]).presence == []  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
     "query",
     [
-        [_stream("board:1"), ("presence", "board:1")],  # unsigned
-        [_stream("board:1"), _presence("board:1", salt="turbocast.stream-name")],  # a stream's
-        [_stream("board:1"), _presence("board:2")],  # a stream it does not listen to
+        [_signed("board:1"), ("presence", "board:1")],  # unsigned
+        [_signed("board:1"), _presence("board:1", salt="turbocast.stream-name")],  # a stream's
+        [_signed("board:1"), _presence("board:2")],  # a stream it does not listen to
     ],
 )
 def test_a_presence_not_signed_for_or_of_another_stream_is_refused(query, caplog):

@@ -143,15 +143,18 @@ class Tab:
             self.ws.close()
 
 
-@pytest.fixture
-def servers(redis_url: str, redis_client: redis.Redis, log_dir: Path) -> Iterator[list[WebServer]]:
+@pytest.fixture(params=["gthread", "gevent"])
+def servers(
+    request: pytest.FixtureRequest, redis_url: str, redis_client: redis.Redis, log_dir: Path
+) -> Iterator[list[WebServer]]:
     # The board's presence from scratch: no member left over from another test.
     redis_client.delete(*presence_keys(STREAM))
     env = {"TURBO_PRESENCE_GRACE": str(GRACE), "TURBO_PRESENCE_TTL": str(TTL)}
     started: list[WebServer] = []
     try:
         for _ in range(2):
-            started.append(WebServer(redis_url, env=env, threads=32).start(log_dir))
+            server = WebServer(redis_url, env=env, threads=32, worker_class=request.param)
+            started.append(server.start(log_dir))
         yield started
     finally:
         for server in started:

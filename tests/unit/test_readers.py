@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 
@@ -38,14 +39,19 @@ class Conn:
 def pairs():
     made: list[tuple[socket.socket, socket.socket]] = []
 
+    kept: list[socket.socket] = []
+
     def make() -> tuple[socket.socket, socket.socket]:
         made.append(socket.socketpair())
         return made[-1]
 
+    make.keep = kept.append  # type: ignore[attr-defined]
     yield make
     for a, b in made:
         a.close()
         b.close()
+    for sock in kept:
+        sock.close()
 
 
 def registered(reader: Readers) -> dict[int, object]:
@@ -96,7 +102,15 @@ def test_a_stale_registration_of_a_reused_descriptor_is_replaced(pairs, caplog):
     old_server.close()
     old_client.close()
     new_server, new_client = pairs()
-    assert new_server.fileno() == fd  # the kernel gives the lowest free descriptor
+    if new_server.fileno() != fd:
+        # The kernel gives the lowest free descriptor, which is fd unless another one below
+        # it was closed meanwhile (a thread, the garbage collector): put the socket at fd.
+        os.dup2(new_server.fileno(), fd)
+        moved = socket.socket(fileno=fd)
+        new_server.close()
+        new_server = moved
+        pairs.keep(moved)
+    assert new_server.fileno() == fd
     new = Conn(new_server)
 
     with caplog.at_level(logging.WARNING, logger="turbocast.socket"):

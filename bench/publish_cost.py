@@ -1,0 +1,82 @@
+"""What one publish costs the publisher: ``Publisher.to_session`` against a bare PUBLISH.
+
+Against an embedded Redis of its own, one by one (a round trip each), the publisher's
+CPU time and the wall time per message for:
+
+- ``bare PUBLISH``: redis-py's ``client.publish(channel, payload)`` of the same bytes,
+  the peer;
+- ``to_session``: turbocast's publish of a ``TurboStream`` (render, size check, the
+  history-and-publish script, the metrics), as a view or a task calls it;
+- ``to_session, rendered``: the same with the stream rendered beforehand (``Markup``),
+  so the difference is the rendering.
+
+The publisher is pinned to one core where the machine has two (Redis is not pinned: it
+takes the other). Issue 17's target: ``to_session`` at most 2x the bare PUBLISH
+in publisher CPU.
+
+    python -m bench.publish_cost
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import redis
+from markupsafe import Markup
+
+from app.embedded_redis import EmbeddedRedis
+from turbocast import Publisher, TurboStream
+from turbocast.channels import channel_for
+
+COUNT = 5000
+WARMUP = 500
+
+
+def measure(call: Callable[[], object]) -> tuple[float, float]:
+    """CPU and wall microseconds per call, after a warm-up."""
+    for _ in range(WARMUP):
+        call()
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(COUNT):
+        call()
+    return (
+        (time.process_time() - cpu) / COUNT * 1e6,
+        (time.perf_counter() - wall) / COUNT * 1e6,
+    )
+
+
+def main() -> None:
+    server = EmbeddedRedis().start()
+    try:
+        if (os.cpu_count() or 1) >= 2:
+            os.sched_setaffinity(0, {1})  # the publisher on one core; Redis may take the other
+        client = redis.Redis.from_url(server.url)
+        publisher = Publisher(server.url)
+        sid = "s" * 32
+        stream = TurboStream.append("messages", Markup("<li>" + "x" * 250 + "</li>"))
+        payload = publisher.encode(stream)
+        rendered = Markup(payload.decode())
+        channel = channel_for(sid)
+        rows = {
+            "bare PUBLISH": measure(lambda: client.publish(channel, payload)),
+            "to_session": measure(lambda: publisher.to_session(sid, stream)),
+            "to_session, rendered": measure(lambda: publisher.to_session(sid, rendered)),
+        }
+        peer = rows["bare PUBLISH"]
+        print(f"{len(payload)}-byte messages, {COUNT} one by one, after {WARMUP} to warm up")
+        print("| publish | CPU µs | ÷ bare PUBLISH | wall µs | ÷ bare PUBLISH |")
+        print("|---|---|---|---|---|")
+        for name, (cpu, wall) in rows.items():
+            print(
+                f"| {name} | {cpu:.1f} | {cpu / peer[0]:.2f}× | {wall:.1f} | {wall / peer[1]:.2f}× |"
+            )
+        publisher.close()
+        client.close()
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    main()

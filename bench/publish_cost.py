@@ -20,6 +20,7 @@ in publisher CPU.
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections.abc import Callable
 
@@ -30,21 +31,33 @@ from app.embedded_redis import EmbeddedRedis
 from turbocast import Publisher, TurboStream
 from turbocast.channels import channel_for
 
-COUNT = 5000
-WARMUP = 500
+ROUNDS = 20
+PER_ROUND = 250
 
 
-def measure(call: Callable[[], object]) -> tuple[float, float]:
-    """CPU and wall microseconds per call, after a warm-up."""
-    for _ in range(WARMUP):
-        call()
-    cpu, wall = time.process_time(), time.perf_counter()
-    for _ in range(COUNT):
-        call()
-    return (
-        (time.process_time() - cpu) / COUNT * 1e6,
-        (time.perf_counter() - wall) / COUNT * 1e6,
-    )
+def measure(calls: dict[str, Callable[[], object]]) -> dict[str, tuple[float, float]]:
+    """CPU and wall microseconds per call of each, the median of interleaved rounds.
+
+    The variants take turns, round by round, so a machine whose speed drifts during the
+    run (this one's does) slows each of them alike.
+    """
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in calls}
+    for round_ in range(ROUNDS + 1):
+        for name, call in calls.items():
+            cpu, wall = time.process_time(), time.perf_counter()
+            for _ in range(PER_ROUND):
+                call()
+            if round_:  # the first round warms up
+                samples[name].append(
+                    (
+                        (time.process_time() - cpu) / PER_ROUND * 1e6,
+                        (time.perf_counter() - wall) / PER_ROUND * 1e6,
+                    )
+                )
+    return {
+        name: (statistics.median(c for c, _ in got), statistics.median(w for _, w in got))
+        for name, got in samples.items()
+    }
 
 
 def main() -> None:
@@ -59,13 +72,18 @@ def main() -> None:
         payload = publisher.encode(stream)
         rendered = Markup(payload.decode())
         channel = channel_for(sid)
-        rows = {
-            "bare PUBLISH": measure(lambda: client.publish(channel, payload)),
-            "to_session": measure(lambda: publisher.to_session(sid, stream)),
-            "to_session, rendered": measure(lambda: publisher.to_session(sid, rendered)),
-        }
+        rows = measure(
+            {
+                "bare PUBLISH": lambda: client.publish(channel, payload),
+                "to_session": lambda: publisher.to_session(sid, stream),
+                "to_session, rendered": lambda: publisher.to_session(sid, rendered),
+            }
+        )
         peer = rows["bare PUBLISH"]
-        print(f"{len(payload)}-byte messages, {COUNT} one by one, after {WARMUP} to warm up")
+        print(
+            f"{len(payload)}-byte messages one by one: medians of {ROUNDS} interleaved rounds "
+            f"of {PER_ROUND}, after one to warm up"
+        )
         print("| publish | CPU µs | ÷ bare PUBLISH | wall µs | ÷ bare PUBLISH |")
         print("|---|---|---|---|---|")
         for name, (cpu, wall) in rows.items():

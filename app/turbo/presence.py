@@ -10,7 +10,8 @@ In Redis, per stream, two keys in one hash slot (``{<name>}``):
 
 ``<prefix>:presence:{<name>}:sockets``
     A sorted set: one entry per connection, ``"<connection id> <user>"``, scored
-    with the time (ms) until which it counts. A live socket's entry is renewed by
+    with the time (ms, Redis's own clock, so the web hosts' clocks need not agree)
+    until which it counts. A live socket's entry is renewed by
     its web process's heartbeat (every ``TURBO_PRESENCE_TTL`` / 3 s) to
     ``TURBO_PRESENCE_TTL`` ahead; a closed socket's is set to ``TURBO_PRESENCE_GRACE``
     ahead, so that a reload or a Turbo navigation, whose new socket arrives meanwhile,
@@ -52,10 +53,17 @@ logger = logging.getLogger("turbocast.presence")
 #: How often each web process reaps the connections of its presence streams (seconds).
 REAP_SECONDS = 0.5
 
+# Every time is Redis's own (TIME), never a web host's: the hosts' clocks may disagree,
+# and an entry's expiry must mean the same to every process that reads or reaps it.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
 # Removes the expired entries of KEYS[1] (sockets), keeping KEYS[2] (users) in step;
-# ``left`` gets the users whose last entry that was (the leaves). ARGV[1]: now (ms).
+# ``left`` gets the users whose last entry that was (the leaves).
 _REAP_BODY = """
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 for _, entry in ipairs(expired) do
   if redis.call('ZREM', KEYS[1], entry) == 1 then
     local user = string.sub(entry, string.find(entry, ' ', 1, true) + 1)
@@ -67,36 +75,43 @@ for _, entry in ipairs(expired) do
 end
 """
 
-# KEYS[1] sockets, KEYS[2] users. ARGV: now (ms), entry, user, expiry (ms), keys' ttl (ms).
+# KEYS[1] sockets, KEYS[2] users. ARGV: entry, user, ttl (ms), keys' ttl (ms).
 # Reaps first (an entry of a process killed meanwhile must not hide a join), then adds.
 # Returns {joined (1 when this entry made the user a member), the users who left}.
 _JOIN = (
-    "local left = {}\n"
+    _NOW
+    + "local left = {}\n"
     + _REAP_BODY
     + """
 local joined = 0
-if redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2]) == 1 then
-  if redis.call('HINCRBY', KEYS[2], ARGV[3], 1) == 1 then joined = 1 end
+if redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1]) == 1 then
+  if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then joined = 1 end
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return {joined, left}
 """
 )
 
-# KEYS[1] sockets. ARGV: entry, until (ms). A closed socket's entry counts until then
+# KEYS[1] sockets. ARGV: entry, grace (ms). A closed socket's entry counts that much longer
 # (unless it was reaped already).
-_LINGER = """
-return redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
+_LINGER = (
+    _NOW
+    + """
+return redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
 """
+)
 
-# KEYS[1] sockets, KEYS[2] users. ARGV: expiry (ms), keys' ttl (ms), then entry, user pairs.
+# KEYS[1] sockets, KEYS[2] users. ARGV: ttl (ms), keys' ttl (ms), then entry, user pairs.
 # Renews the entries of live sockets; one that was reaped meanwhile (this process was
 # too slow to renew it) is added again. Returns the users that this made members again.
-_RENEW = """
+_RENEW = (
+    _NOW
+    + """
 local joined = {}
+local expiry = now + tonumber(ARGV[1])
 for i = 3, #ARGV, 2 do
-  if redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i]) == 1 then
+  if redis.call('ZADD', KEYS[1], expiry, ARGV[i]) == 1 then
     if redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1) == 1 then
       joined[#joined + 1] = ARGV[i + 1]
     end
@@ -106,9 +121,13 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return joined
 """
+)
 
-# KEYS[1] sockets, KEYS[2] users. ARGV: now (ms). Returns the users who left.
-_REAP = "local left = {}\n" + _REAP_BODY + "return left\n"
+# KEYS[1] sockets, KEYS[2] users. Returns the users who left.
+_REAP = _NOW + "local left = {}\n" + _REAP_BODY + "return left\n"
+
+# KEYS[1] sockets. The entries that count now (their time is not up), unreaped ones aside.
+_CURRENT = _NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')\n"
 
 
 def presence_keys(name: str, prefix: str = DEFAULT_PREFIX) -> tuple[str, str]:
@@ -139,10 +158,6 @@ def member_dom_id(name: str, user: str) -> str:
     :param user: the member's user id (as text).
     """
     return presence_target(name) + "_" + "".join(c if c.isalnum() else "_" for c in user)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _text(value: Any) -> str:
@@ -179,6 +194,7 @@ class Presence:
         self._linger = client.register_script(_LINGER)
         self._renew = client.register_script(_RENEW)
         self._reap = client.register_script(_REAP)
+        self._current = client.register_script(_CURRENT)
 
     @classmethod
     def from_config(cls, config: Any, client: redis.Redis | None = None) -> Presence:
@@ -210,9 +226,7 @@ class Presence:
 
         :param name: the stream's name.
         """
-        sockets, _ = presence_keys(name, self.prefix)
-        entries = self.client.zrangebyscore(sockets, f"({_now_ms()}", "+inf")
-        return sorted({_text(entry).partition(" ")[2] for entry in entries})
+        return sorted({entry.partition(" ")[2] for entry in self._entries(name)})
 
     def count(self, name: str) -> int:
         """How many users are on a stream now.
@@ -226,8 +240,11 @@ class Presence:
 
         :param name: the stream's name.
         """
+        return len(self._entries(name))
+
+    def _entries(self, name: str) -> list[str]:
         sockets, _ = presence_keys(name, self.prefix)
-        return int(self.client.zcount(sockets, f"({_now_ms()}", "+inf"))
+        return [_text(entry) for entry in self._current(keys=[sockets])]
 
     # -- writing (web processes) ------------------------------------------------------------
 
@@ -241,10 +258,7 @@ class Presence:
             (reaped here).
         """
         keys = presence_keys(name, self.prefix)
-        now = _now_ms()
-        args: list[str | int] = [
-            now, f"{connection} {user}", user, now + self.ttl_ms, self.keys_ttl_ms
-        ]  # fmt: skip
+        args: list[str | int] = [f"{connection} {user}", user, self.ttl_ms, self.keys_ttl_ms]
         joined, left = self._join(keys=list(keys), args=args)
         return bool(joined), [_text(u) for u in left]
 
@@ -256,7 +270,7 @@ class Presence:
         :param connection: the socket's connection id.
         """
         sockets, _ = presence_keys(name, self.prefix)
-        self._linger(keys=[sockets], args=[f"{connection} {user}", _now_ms() + self.grace_ms])
+        self._linger(keys=[sockets], args=[f"{connection} {user}", self.grace_ms])
 
     def renew(self, held: dict[str, list[tuple[str, str]]]) -> dict[str, list[str]]:
         """Renew the entries of live sockets, in one round trip.
@@ -268,10 +282,9 @@ class Presence:
         names = list(held)
         if not names:
             return {}
-        expiry = _now_ms() + self.ttl_ms
         pipe = self.client.pipeline(transaction=False)
         for name in names:
-            args: list[Any] = [expiry, self.keys_ttl_ms]
+            args: list[Any] = [self.ttl_ms, self.keys_ttl_ms]
             for user, connection in held[name]:
                 args += [f"{connection} {user}", user]
             self._renew(keys=list(presence_keys(name, self.prefix)), args=args, client=pipe)
@@ -287,10 +300,9 @@ class Presence:
         names = list(names)
         if not names:
             return {}
-        now = _now_ms()
         pipe = self.client.pipeline(transaction=False)
         for name in names:
-            self._reap(keys=list(presence_keys(name, self.prefix)), args=[now], client=pipe)
+            self._reap(keys=list(presence_keys(name, self.prefix)), client=pipe)
         replies = pipe.execute()
         return {n: [_text(u) for u in r] for n, r in zip(names, replies, strict=True) if r}
 

@@ -97,6 +97,18 @@ def test_a_renewal_of_a_reaped_entry_makes_the_user_a_member_again(presence):
     assert presence.members(STREAM) == ["alice"]
 
 
+def test_only_redis_clock_counts_so_hosts_may_disagree(presence, monkeypatch):
+    presence.join(STREAM, "alice", "c1")  # a host whose clock is right
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)  # a host an hour ahead
+    assert presence.join(STREAM, "bob", "c2") == (True, [])  # alice is not reaped as expired
+    assert presence.members(STREAM) == ["alice", "bob"]
+    monkeypatch.setattr(time, "time", lambda: real() - 3600)  # and one an hour behind
+    presence.linger(STREAM, "alice", "c1")  # her grace is a second at most, by Redis's clock
+    left = wait_for(lambda: presence.reap([STREAM]), timeout=5, what="alice's leave")
+    assert left == {STREAM: ["alice"]}
+
+
 def test_nothing_outlives_its_members(presence, redis_client):
     presence.join(STREAM, "alice", "c1")
     sockets, users = presence_keys(STREAM, presence.prefix)

@@ -505,11 +505,8 @@ class WebSocket:
         admitted = [m for m in messages if cursor.admit(m)]
         if not admitted:
             return
-        if len(admitted) == 1:
-            message = admitted[0]
-            self._send(message.tagged_frame if tagged else message.plain_frame)
-        else:
-            self._send(b"".join(m.tagged_frame if tagged else m.plain_frame for m in admitted))
+        frames = [m.tagged_frame if tagged else m.plain_frame for m in admitted]
+        self._send(b"".join(frames) if len(frames) > 1 else frames[0])
         if replay:  # (live messages are counted once per process, by the relay)
             metrics.replayed(admitted)
 

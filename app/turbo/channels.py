@@ -152,16 +152,24 @@ def _rest(channel: str, prefix: str) -> str:
 def history_key(channel: str, prefix: str = DEFAULT_PREFIX) -> str:
     """Return the Redis key of a channel's history (a Redis Stream).
 
+    The channel's name is the key's hash tag (``turbo:history:{turbo:session:<id>}``): in
+    a Redis Cluster the key lives in the channel's own hash slot, on the shard that
+    carries the channel's sharded pub/sub, so appending and publishing stay one script.
+    (Channel names never hold braces.)
+
     :param channel: the channel, from one of the ``*_channel`` functions.
     :param prefix: the channel namespace (``TURBO_CHANNEL_PREFIX``).
     """
-    return f"{prefix}:history:{_rest(channel, prefix)}"
+    _rest(channel, prefix)
+    return f"{prefix}:history:{{{channel}}}"
 
 
 def clock_key(prefix: str = DEFAULT_PREFIX) -> str:
     """Return the Redis key of the publish clock: the last history id handed out.
 
     One per prefix, shared by every channel, so that ids order publishes across channels.
+    A Redis Cluster has none (a script touches one hash slot): there each channel's
+    history orders its own ids (see :mod:`turbocast.history`).
 
     :param prefix: the channel namespace (``TURBO_CHANNEL_PREFIX``).
     """

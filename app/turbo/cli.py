@@ -27,6 +27,7 @@ import redis
 from flask import current_app
 from flask.cli import AppGroup
 from markupsafe import Markup
+from redis.cluster import RedisCluster
 
 from .channels import (
     broadcast_channel,
@@ -40,6 +41,7 @@ from .control import report_payload
 from .errors import TurboError
 from .history import START, Entry, parse_id
 from .publisher import Publisher
+from .topology import publish
 
 turbo_cli = AppGroup("turbo", help="turbocast: publish streams, list sockets, read histories.")
 
@@ -304,21 +306,24 @@ def ask_relays(
     """
     reply = f"{prefix}:reply:{uuid.uuid4().hex}"
     pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    # A Redis Cluster's relays listen on sharded pub/sub (and reply there).
+    sharded = isinstance(client, RedisCluster)
+    get_message = pubsub.get_sharded_message if sharded else pubsub.get_message
     try:
-        pubsub.subscribe(reply)
+        (pubsub.ssubscribe if sharded else pubsub.subscribe)(reply)
         deadline = time.monotonic() + timeout
         # Wait for the confirmation: the subscription is in place before anyone replies.
-        while pubsub.get_message(timeout=0.1) is None and not pubsub.subscribed:
+        while get_message(timeout=0.1) is None and not pubsub.subscribed:
             if time.monotonic() > deadline:
                 raise redis.TimeoutError("the reply channel's subscription was not confirmed")
-        asked = int(client.publish(control_channel(prefix), report_payload(reply)))
+        asked = publish(client, sharded, control_channel(prefix), report_payload(reply))
         reports: list[dict[str, Any]] = []
         while len(reports) < asked:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            message = pubsub.get_message(timeout=min(left, 1.0))
-            if message is None or message.get("type") != "message":
+            message = get_message(timeout=min(left, 1.0))
+            if message is None or message.get("type") not in ("message", "smessage"):
                 continue
             try:
                 reports.append(json.loads(message["data"]))

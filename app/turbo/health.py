@@ -35,7 +35,10 @@ from typing import TYPE_CHECKING, Any
 import redis
 from flask import Response, jsonify
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
+
+from .topology import parse
 
 if TYPE_CHECKING:
     from .extension import TurboState
@@ -125,13 +128,16 @@ def ping(url: str, timeout: float) -> str | None:
 
     :returns: why not, otherwise.
     """
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
-    )
+    try:
+        client = parse(url).client(
+            socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        )
+    except (redis.RedisError, RedisClusterException, OSError) as exc:
+        return f"{exc.__class__.__name__}: {exc}"  # (a cluster client connects when made)
     try:
         with client:
             client.ping()
-    except (redis.RedisError, OSError) as exc:
+    except (redis.RedisError, RedisClusterException, OSError) as exc:
         return f"{exc.__class__.__name__}: {exc}"
     return None
 

@@ -32,40 +32,46 @@ logger = logging.getLogger("turbocast.history")
 #: What a position is: a stream id as text, ``"0-0"`` meaning "from the start".
 START = "0-0"
 
-# KEYS[1] history key, KEYS[2] clock key (the last id handed out, any channel).
-# ARGV: payload, max length, max age (ms), pub/sub channel, the publish's token,
-# "" on a first attempt or, on a retry, the ms from which the first attempt's
-# entry would be found, the session id it excludes ("" for none), the socket id
-# it excludes ("" for none) and the publisher's time in µs since the epoch ("" for
-# none). Returns
-# {id, receivers} or, when a retry finds that the first attempt landed, {its id,
-# the channel's subscribers now, 1}.
-# The id is max(now, clock) with the next sequence. When the stream's top is
-# already above it (the clock key was lost: evicted, deleted), XADD refuses it;
-# XADD '*' then takes the next id above the top, and the clock moves up to that.
+# KEYS[1] history key, KEYS[2] clock key (the last id handed out, any channel; none
+# on a Redis Cluster). ARGV: payload, max length, max age (ms), pub/sub channel, the
+# publish's token, "" on a first attempt or, on a retry, the ms from which the first
+# attempt's entry would be found, the session id it excludes ("" for none), the
+# socket id it excludes ("" for none), the publisher's time in µs since the epoch
+# ("" for none), and "S" for sharded pub/sub (SPUBLISH, on a cluster) or "" for
+# PUBLISH. Returns {id, receivers} or, when a retry finds that the first attempt
+# landed, {its id, the channel's subscribers now, 1}.
+# With a clock key, the id is max(now, clock) with the next sequence. When the
+# stream's top is already above it (the clock key was lost: evicted, deleted), XADD
+# refuses it; XADD '*' then takes the next id above the top, and the clock moves up
+# to that. Without one, XADD '*' orders the channel's ids by itself.
 _PUBLISH = """
+local sharded = ARGV[10] == 'S'
 if ARGV[6] ~= '' then
   local entries = redis.call('XRANGE', KEYS[1], ARGV[6], '+', 'COUNT', ARGV[2])
   for _, entry in ipairs(entries) do
     local fields = entry[2]
     for i = 1, #fields, 2 do
       if fields[i] == 'p' and fields[i + 1] == ARGV[5] then
-        return {entry[1], redis.call('PUBSUB', 'NUMSUB', ARGV[4])[2], 1}
+        local numsub = sharded and 'SHARDNUMSUB' or 'NUMSUB'
+        return {entry[1], redis.call('PUBSUB', numsub, ARGV[4])[2], 1}
       end
     end
   end
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ms, seq = now, 0
-local last = redis.call('GET', KEYS[2])
-if last then
-  local last_ms, last_seq = string.match(last, '^(%d+)-(%d+)$')
-  if last_ms and tonumber(last_ms) >= now then
-    ms, seq = tonumber(last_ms), tonumber(last_seq) + 1
+local id = '*'
+if KEYS[2] then
+  local ms, seq = now, 0
+  local last = redis.call('GET', KEYS[2])
+  if last then
+    local last_ms, last_seq = string.match(last, '^(%d+)-(%d+)$')
+    if last_ms and tonumber(last_ms) >= now then
+      ms, seq = tonumber(last_ms), tonumber(last_seq) + 1
+    end
   end
+  id = string.format('%d-%d', ms, seq)
 end
-local id = string.format('%d-%d', ms, seq)
 local exclude = ARGV[7] or ''
 local exclude_socket = ARGV[8] or ''
 local published = ARGV[9] or ''
@@ -84,9 +90,12 @@ if published ~= '' then
 end
 local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[2], id, unpack(fields))
 if type(added) == 'table' and added.err then
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', unpack(fields))
+  added = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', unpack(fields))
 end
-redis.call('SET', KEYS[2], id)
+id = added
+if KEYS[2] then
+  redis.call('SET', KEYS[2], id)
+end
 local oldest = now - tonumber(ARGV[3])
 if oldest > 0 then
   redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', oldest))
@@ -102,7 +111,7 @@ end
 if published ~= '' then
   head = head .. ';t=' .. published
 end
-local receivers = redis.call('PUBLISH', ARGV[4], head .. ' ' .. ARGV[1])
+local receivers = redis.call(sharded and 'SPUBLISH' or 'PUBLISH', ARGV[4], head .. ' ' .. ARGV[1])
 return {id, receivers}
 """
 
@@ -166,6 +175,11 @@ class History:
     :param max_age: how many seconds a message is kept; also the key's time to live.
     :param prefix: the channel namespace (``TURBO_CHANNEL_PREFIX``); names the clock key
         that orders publishes across its channels.
+    :param sharded: Redis is a Redis Cluster (``client`` a
+        :class:`~redis.cluster.RedisCluster`): messages go out with ``SPUBLISH``; there is
+        no clock key, so each channel's history orders its own ids (ids of channels on
+        different shards follow those shards' clocks); reading several histories is no
+        longer one snapshot (see :meth:`since_many`).
     """
 
     def __init__(
@@ -175,19 +189,22 @@ class History:
         max_age: float = 3600.0,
         *,
         prefix: str = DEFAULT_PREFIX,
+        sharded: bool = False,
     ) -> None:
         if maxlen < 1 or max_age <= 0:
             raise ValueError("history needs maxlen >= 1 and max_age > 0")
         self.client = client
         self.maxlen = maxlen
         self.max_age_ms = int(max_age * 1000)
+        self.sharded = sharded
         self.clock_key = clock_key(prefix)
         self._script = client.register_script(_PUBLISH)
         # Publishing is every push's hot path: it runs the script on connections of
         # its own, made by the client's pool (so every URL option applies), without
         # redis-py's per-command layers, which cost more than the round trip here.
-        # A client without a pool (a cluster client) goes through the script object.
-        self._pool: Any = getattr(client, "connection_pool", None)
+        # A cluster client (no pool: one per node) goes through the script object,
+        # which follows the cluster's redirections.
+        self._pool: Any = None if sharded else getattr(client, "connection_pool", None)
         self._idle: list[Any] = []
         self._pid = os.getpid()
 
@@ -283,11 +300,13 @@ class History:
         ]
         if not calls:
             return []
-        if self._pool is None:
+        if self.sharded:
+            replies: list[Any] = self._run_scripts_by_shard(calls)
+        elif self._pool is None:
             pipe = self.client.pipeline(transaction=False)
             for keys, args in calls:
                 self._script(keys=list(keys), args=list(args), client=pipe)
-            replies: list[Any] = pipe.execute(raise_on_error=False)
+            replies = pipe.execute(raise_on_error=False)
         else:
             replies = self._run_scripts(calls)
         found = sum(1 for reply in replies if not isinstance(reply, Exception) and len(reply) > 2)
@@ -315,9 +334,40 @@ class History:
         if published_us < 0:
             raise ValueError("published_us is a time since the epoch: not below zero")
         since = "" if retry_from_ms is None else str(max(0, retry_from_ms))
-        keys = (key, self.clock_key)
+        keys = (key,) if self.sharded else (key, self.clock_key)
         args = (payload, self.maxlen, self.max_age_ms, channel, token, since)
-        return keys, (*args, exclude or "", exclude_socket or "", published_us)
+        mode = "S" if self.sharded else ""
+        return keys, (*args, exclude or "", exclude_socket or "", published_us, mode)
+
+    def _run_scripts_by_shard(
+        self, calls: list[tuple[tuple[str, ...], tuple[Any, ...]]]
+    ) -> list[Any]:
+        # A cluster's pipeline refuses scripts: one pipeline per shard instead, each on
+        # that shard's own client, in the order given (a channel's messages stay in
+        # order: one channel, one slot, one shard). A message whose slot moved meanwhile
+        # (MOVED, ASK: the script did not run) goes again through the cluster client,
+        # which follows the redirection.
+        cluster: Any = self.client
+        shards: dict[str, tuple[Any, list[int]]] = {}
+        for index, (keys, _) in enumerate(calls):
+            node = cluster.get_node_from_key(keys[0])
+            shards.setdefault(node.name, (node, []))[1].append(index)
+        replies: list[Any] = [None] * len(calls)
+        for node, indexes in shards.values():
+            pipe = cluster.get_redis_connection(node).pipeline(transaction=False)
+            for index in indexes:
+                keys, args = calls[index]
+                self._script(keys=list(keys), args=list(args), client=pipe)
+            for index, reply in zip(indexes, pipe.execute(raise_on_error=False), strict=True):
+                replies[index] = reply
+        for index, reply in enumerate(replies):
+            if isinstance(reply, (redis.exceptions.MovedError, redis.exceptions.AskError)):
+                keys, args = calls[index]
+                try:
+                    replies[index] = self._script(keys=list(keys), args=list(args))
+                except redis.ResponseError as exc:
+                    replies[index] = exc
+        return replies
 
     def _run_scripts(self, calls: list[tuple[tuple[str, ...], tuple[Any, ...]]]) -> list[Any]:
         # Every command is written before any reply is read: one round trip. An error
@@ -417,14 +467,19 @@ class History:
 
         One transaction (MULTI/EXEC): no publish falls between the reads of two
         histories, so a replay merged from them is what a reader would have seen
-        live up to one moment, and what comes live afterwards is all newer.
+        live up to one moment, and what comes live afterwards is all newer. On a Redis
+        Cluster (``sharded``) the histories live on several shards and are read without
+        a transaction: a message published meanwhile may come in one channel's replay
+        and not another's, which only changes the order across those channels; each
+        channel's own stays whole and in order (the reader's cursor drops what replay
+        and live both bring).
 
         :param reads: ``(key, position)`` pairs.
         :returns: ``(entries, gap)`` for each pair, in order.
         """
         if not reads:
             return []
-        pipe = self.client.pipeline(transaction=True)
+        pipe = self.client.pipeline(transaction=not self.sharded)
         for key, position in reads:
             after = format_id(parse_id(position))
             # XINFO comes last: if it says nothing was deleted, nothing had been when

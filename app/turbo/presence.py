@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from .channels import DEFAULT_PREFIX, check_stream_name
 
@@ -204,11 +205,12 @@ class Presence:
         :param client: a Redis client; by default one for ``TURBO_REDIS_URL``/``REDIS_URL``.
         """
         from .settings import redis_url, setting
+        from .topology import parse
 
         if client is None:
             timeout = float(setting(config, "TURBO_REDIS_TIMEOUT"))
-            client = redis.Redis.from_url(
-                redis_url(config), socket_connect_timeout=timeout, socket_timeout=timeout
+            client = parse(redis_url(config)).client(
+                socket_connect_timeout=timeout, socket_timeout=timeout
             )
         return cls(
             client,
@@ -282,13 +284,13 @@ class Presence:
         names = list(held)
         if not names:
             return {}
-        pipe = self.client.pipeline(transaction=False)
+        calls: list[tuple[list[str], list[Any]]] = []
         for name in names:
             args: list[Any] = [self.ttl_ms, self.keys_ttl_ms]
             for user, connection in held[name]:
                 args += [f"{connection} {user}", user]
-            self._renew(keys=list(presence_keys(name, self.prefix)), args=args, client=pipe)
-        replies = pipe.execute()
+            calls.append((list(presence_keys(name, self.prefix)), args))
+        replies = self._run_all(self._renew, calls)
         return {n: [_text(u) for u in r] for n, r in zip(names, replies, strict=True) if r}
 
     def reap(self, names: Iterable[str]) -> dict[str, list[str]]:
@@ -300,11 +302,21 @@ class Presence:
         names = list(names)
         if not names:
             return {}
-        pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            self._reap(keys=list(presence_keys(name, self.prefix)), client=pipe)
-        replies = pipe.execute()
+        calls: list[tuple[list[str], list[Any]]] = [
+            (list(presence_keys(name, self.prefix)), []) for name in names
+        ]
+        replies = self._run_all(self._reap, calls)
         return {n: [_text(u) for u in r] for n, r in zip(names, replies, strict=True) if r}
+
+    def _run_all(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        # One round trip; a Redis Cluster's pipeline refuses scripts, so there one each
+        # (every stream's keys share a hash slot; different streams may not).
+        if isinstance(self.client, RedisCluster):
+            return [script(keys=keys, args=args) for keys, args in calls]
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            script(keys=keys, args=args, client=pipe)
+        return list(pipe.execute())
 
 
 #: Called with (stream name, user, joined) for each join (``True``) and leave (``False``).

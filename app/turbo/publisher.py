@@ -35,6 +35,7 @@ from typing import Any
 import redis
 from markupsafe import Markup
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from . import metrics
@@ -54,6 +55,7 @@ from .errors import InvalidChannelError, MessageTooLargeError, PublishError
 from .history import History, Publication
 from .settings import DEFAULTS, redis_url, setting
 from .streams import render_streams
+from .topology import parse, publish
 
 logger = logging.getLogger("turbocast.publisher")
 
@@ -75,8 +77,10 @@ class Publisher:
         publisher = Publisher.from_config(flask_app.config)   # or Publisher(redis_url)
         publisher.to_session(session_id, TurboStream.append("messages", Markup(html)))
 
-    :param redis_url: the Redis server; ignored when ``client`` is given.
-    :param client: an existing ``redis.Redis`` client to publish with.
+    :param redis_url: the Redis server, a Redis Cluster or Sentinels (the forms of
+        :mod:`turbocast.topology`); ignored when ``client`` is given.
+    :param client: an existing ``redis.Redis`` (or ``redis.cluster.RedisCluster``)
+        client to publish with.
     :param prefix: the channel namespace (``TURBO_CHANNEL_PREFIX``).
     :param max_message_bytes: the largest message accepted, in bytes of UTF-8.
     :param history_maxlen: how many messages each channel's history keeps
@@ -106,16 +110,23 @@ class Publisher:
             if timeout <= 0:
                 raise ValueError("the publisher's timeout must be above zero")
             # One retry is ours (see _publish); redis-py's own would stack on top of it.
-            client = redis.Redis.from_url(
-                redis_url,
+            topology = parse(redis_url)
+            client = topology.client(
                 socket_connect_timeout=timeout,
                 socket_timeout=timeout,
                 retry=Retry(NoBackoff(), 0),
             )
+            sharded = topology.sharded
+        else:
+            sharded = isinstance(client, RedisCluster)
         self.client = client
         self.prefix = prefix
+        #: Redis is a Redis Cluster: messages go out on sharded pub/sub (``SPUBLISH``).
+        self.sharded = sharded
         self.max_message_bytes = max_message_bytes
-        self.history = History(client, history_maxlen, history_seconds, prefix=prefix)
+        self.history = History(
+            client, history_maxlen, history_seconds, prefix=prefix, sharded=sharded
+        )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Publisher:
@@ -255,7 +266,7 @@ class Publisher:
         channel = control_channel(self.prefix)
         for attempt in (1, 2):
             try:
-                receivers = int(self.client.publish(channel, payload))
+                receivers = publish(self.client, self.sharded, channel, payload)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if attempt == 2:
                     raise self._failed(channel, exc, message=False) from exc

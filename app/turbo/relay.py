@@ -40,7 +40,8 @@ from .history import History
 from .listener import Listener, ListenerState, PubSub
 from .message import Message
 from .outbox import Outbox
-from .subscriber import Subscriber
+from .subscriber import SHARD_OPTIONS, ClusterSubscriber, Subscriber
+from .topology import parse, publish
 
 logger = logging.getLogger("turbocast.relay")
 
@@ -107,7 +108,8 @@ class RelayState:
 class Relay:
     """Forwards Redis pub/sub messages to the outboxes of this process's sockets.
 
-    :param redis_url: the Redis server (``redis://``, ``rediss://`` or ``unix://``).
+    :param redis_url: the Redis server, a Redis Cluster or Sentinels (the forms of
+        :mod:`turbocast.topology`).
     :param prefix: the channel namespace, used for the relay's own control channel.
     :param timeout: seconds for every Redis call the relay makes (connect, wake-up,
         an unanswered health-check ``PING``).
@@ -142,19 +144,28 @@ class Relay:
         redis_run_id: Callable[[], str | None] = lambda: None  # noqa: E731
         self._prefix = prefix
         self._sender = sender
+        topology = parse(redis_url)
         if waker is None:
             # No retries inside redis-py: the listener does its own backoff, visibly.
-            client = redis.Redis.from_url(
-                redis_url,
+            client = topology.client(
                 socket_connect_timeout=timeout,
                 socket_timeout=timeout,
                 retry=Retry(NoBackoff(), 0),
             )
-            waker = lambda channel: client.publish(channel, b"")  # noqa: E731
+            sharded = topology.sharded
+            waker = lambda channel: publish(client, sharded, channel, b"")  # noqa: E731
             if sender is None:
-                self._sender = client.publish
-            redis_run_id = lambda: _run_id(client)  # noqa: E731
-        if pubsub_factory is None:
+                self._sender = lambda channel, data: publish(client, sharded, channel, data)
+            if not topology.sharded:  # (a cluster has a run_id per node)
+                redis_run_id = lambda: _run_id(client)  # noqa: E731
+        if pubsub_factory is None and topology.sharded:
+            shards = topology.client(
+                **SHARD_OPTIONS, socket_connect_timeout=timeout, socket_timeout=timeout
+            )
+            pubsub_factory = lambda: ClusterSubscriber(  # noqa: E731
+                shards, health_check_interval=health_check_interval, timeout=timeout
+            )
+        elif pubsub_factory is None:
             pubsub_factory = lambda: Subscriber(  # noqa: E731
                 redis_url, health_check_interval=health_check_interval, timeout=timeout
             )

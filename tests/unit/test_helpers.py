@@ -384,8 +384,8 @@ def _query(url: str) -> dict[str, list[str]]:
 
 def test_stream_url_carries_the_newest_history_id_of_each_channel_of_the_page(app):
     client = _fake_history(app)
-    client.add("turbo:history:broadcast", "1700-0", "1700-2")
-    client.add("turbo:history:stream:board:1", "1699-5")
+    client.add("turbo:history:{turbo:broadcast}", "1700-0", "1700-2")
+    client.add("turbo:history:{turbo:stream:board:1}", "1699-5")
     with app.test_request_context("/"):
         url = stream_url(streams=["board:1"])
 
@@ -400,7 +400,7 @@ def test_stream_url_reads_the_session_history_of_this_session(app):
     client = _fake_history(app)
     with app.test_request_context("/"):
         sid = session_id()
-        client.add(f"turbo:history:session:{sid}", "1800-1")
+        client.add(f"turbo:history:{{turbo:session:{sid}}}", "1800-1")
 
         url = stream_url()
 
@@ -409,7 +409,7 @@ def test_stream_url_reads_the_session_history_of_this_session(app):
 
 def test_stream_url_carries_the_users_position_when_the_loader_names_a_user(app, monkeypatch):
     client = _fake_history(app)
-    client.add("turbo:history:user:ann", "1900-0")
+    client.add("turbo:history:{turbo:user:ann}", "1900-0")
     # The extension instance is shared by every app: patch its loader for this test only.
     monkeypatch.setattr(app.extensions["turbo"].turbo, "_user_loader", lambda: "ann")
     with app.test_request_context("/"):
@@ -420,7 +420,7 @@ def test_stream_url_carries_the_users_position_when_the_loader_names_a_user(app,
 
 def test_sse_url_carries_the_positions_too(app):
     client = _fake_history(app)
-    client.add("turbo:history:broadcast", "1700-2")
+    client.add("turbo:history:{turbo:broadcast}", "1700-2")
     with app.test_request_context("/"):
         url = stream_url(transport="sse")
 
@@ -430,7 +430,7 @@ def test_sse_url_carries_the_positions_too(app):
 
 def test_stream_url_without_positions_reads_no_history(app):
     client = _fake_history(app)
-    client.add("turbo:history:broadcast", "1700-2")
+    client.add("turbo:history:{turbo:broadcast}", "1700-2")
     with app.test_request_context("/"):
         url = stream_url(positions=False)
 
@@ -440,7 +440,7 @@ def test_stream_url_without_positions_reads_no_history(app):
 
 def test_the_rendered_element_carries_the_positions_escaped(app):
     client = _fake_history(app)
-    client.add("turbo:history:broadcast", "1700-2")
+    client.add("turbo:history:{turbo:broadcast}", "1700-2")
     with app.test_request_context("/"):
         html = turbo_stream_source(streams=["board:1"])
 
@@ -472,8 +472,8 @@ def _src(html: str) -> str:
 
 def test_a_second_source_listens_only_to_its_own_named_streams(app):
     client = _fake_history(app)
-    client.add("turbo:history:broadcast", "1700-2")
-    client.add("turbo:history:stream:board:1", "1699-5")
+    client.add("turbo:history:{turbo:broadcast}", "1700-2")
+    client.add("turbo:history:{turbo:stream:board:1}", "1699-5")
     with app.test_request_context("/"):
         layout = turbo_stream_source()
         page = turbo_stream_source(streams=["board:1"])

@@ -142,7 +142,9 @@ def test_publish_runs_the_script_once_with_keys_payload_limits_channel_and_a_tok
     [(keys, args)] = client.script_calls
     # The history and the clock that orders ids across channels: every key it touches.
     assert keys == [KEY, "turbo:clock"]
+    *args, mode = args
     payload, maxlen, max_age_ms, channel, token, retry_from, exclude, exclude_socket, t = args
+    assert mode == ""  # PUBLISH, not a cluster's SPUBLISH
     assert (payload, maxlen, max_age_ms, channel) == (
         b"<turbo-stream></turbo-stream>",
         50,
@@ -185,7 +187,7 @@ def test_a_retry_passes_the_first_attempts_token_and_where_to_look_from(client, 
     )
 
     [(_, args)] = client.script_calls
-    assert args[4:] == [b"t" * 16, "1700000000000", "", "", 1699999999123456]
+    assert args[4:] == [b"t" * 16, "1700000000000", "", "", 1699999999123456, ""]
 
 
 def test_a_publish_time_below_zero_is_refused(client, history):

@@ -250,7 +250,7 @@ def test_each_publish_has_its_own_token(publisher, client):
 def test_the_clock_key_is_named_by_the_prefix(client):
     Publisher(client=client, prefix="shop").to_all(stream())  # type: ignore[arg-type]
 
-    assert client.calls[0][0] == ["shop:history:broadcast", "shop:clock"]
+    assert client.calls[0][0] == ["shop:history:{shop:broadcast}", "shop:clock"]
 
 
 def test_two_dropped_connections_raise_publish_error_chained_to_the_last(caplog):
@@ -352,7 +352,7 @@ def test_to_user_and_to_stream_publish_on_their_channels(publisher, client):
 def test_each_message_goes_to_its_channel_history_in_the_same_call(publisher, client):
     publisher.to_session("A" * 32, TurboStream.remove("x"))
     publisher.to_all(TurboStream.remove("x"))
-    assert client.history_keys == ["turbo:history:session:" + "A" * 32, "turbo:history:broadcast"]
+    assert client.history_keys == ["turbo:history:{turbo:session:" + "A" * 32 + "}", "turbo:history:{turbo:broadcast}"]
     assert "XADD" in client.script and "PUBLISH" in client.script
 
 

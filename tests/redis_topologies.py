@@ -1,0 +1,251 @@
+"""Real Redis deployments for tests: a Redis Cluster (3 primaries, 3 replicas) and Sentinel.
+
+Each starts real ``redis-server`` processes on free local ports, in a directory of its
+own, and stops them on exit. A cluster is made with ``redis-cli --cluster create``.
+Both need Redis 7 (sharded pub/sub); :func:`skip_unless_redis_7` says plainly why not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+import redis
+
+from app.embedded_redis import find_redis_server, free_port
+from tests.support import wait_for
+
+
+def redis_version(executable: str) -> tuple[int, ...]:
+    """The version of a redis-server binary, as numbers."""
+    out = subprocess.run([executable, "--version"], capture_output=True, text=True, check=True)
+    match = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out.stdout)
+    return tuple(int(n) for n in match.groups()) if match else (0,)
+
+
+def skip_unless_redis_7() -> str:
+    """The redis-server binary, or skip the test saying why it cannot run here."""
+    executable = find_redis_server()
+    if redis_version(executable) < (7, 0, 0):
+        pytest.skip(f"{executable} is older than Redis 7, which sharded pub/sub needs")
+    if shutil.which("redis-cli") is None:
+        pytest.skip("redis-cli is not installed (Debian: redis-tools)")
+    return executable
+
+
+class Node:
+    """One redis-server process."""
+
+    def __init__(self, executable: str, directory: Path, *args: str) -> None:
+        self.port = free_port()
+        self.directory = directory / str(self.port)
+        self.directory.mkdir()
+        self.args = [executable, "--port", str(self.port), "--bind", "127.0.0.1", *args]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Node:
+        log = (self.directory / "redis.log").open("ab")
+        self.process = subprocess.Popen(
+            [*self.args, "--dir", str(self.directory), "--save", "", "--appendonly", "no"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self.answers, timeout=10, what=f"redis-server on {self.port} to start")
+        return self
+
+    def answers(self) -> bool:
+        try:
+            with redis.Redis(port=self.port, socket_connect_timeout=0.5) as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5)
+
+    def kill(self) -> None:
+        """SIGKILL: the process is gone at once, with whatever it had not replicated."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class RedisClusterServer:
+    """A Redis Cluster of 3 primaries and 3 replicas on free local ports.
+
+    ``with RedisClusterServer() as cluster: cluster.url`` (``redis+cluster://...``).
+    """
+
+    def __init__(self, node_timeout_ms: int = 1000) -> None:
+        self.executable = skip_unless_redis_7()
+        self._dir = tempfile.TemporaryDirectory(prefix="turbocast-cluster-")
+        directory = Path(self._dir.name)
+        self.nodes = [
+            Node(
+                self.executable,
+                directory,
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                str(node_timeout_ms),
+            )
+            for _ in range(6)
+        ]
+
+    @property
+    def url(self) -> str:
+        """Every node as a seed."""
+        return "redis+cluster://" + ",".join(n.address for n in self.nodes)
+
+    def start(self) -> RedisClusterServer:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(n.address for n in self.nodes)]
+            + ["--cluster-replicas", "1", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_for(self.healthy, timeout=30, what="the cluster to be ok")
+        return self
+
+    def healthy(self) -> bool:
+        """Every live node says the cluster is ok and agrees on 3 primaries with slots."""
+        try:
+            for node in self.live():
+                with node.client() as client:
+                    if client.cluster("info").get("cluster_state") != "ok":
+                        return False
+                    primaries = [n for n in _cluster_nodes(client) if "master" in n[2] and n[8:]]
+                    if len(primaries) != 3 or any("fail" in n[2] for n in primaries):
+                        return False
+            return True
+        except redis.RedisError:
+            return False
+
+    def live(self) -> list[Node]:
+        return [n for n in self.nodes if n.process is not None and n.process.poll() is None]
+
+    def node_of(self, key: str) -> Node:
+        """The primary that owns ``key``'s hash slot now."""
+        slot = self.slot(key)
+        with self.live()[0].client() as client:
+            for line in _cluster_nodes(client):
+                if "master" in line[2] and "fail" not in line[2] and _owns(line[8:], slot):
+                    port = int(line[1].split("@")[0].rpartition(":")[2])
+                    return next(n for n in self.nodes if n.port == port)
+        raise LookupError(f"no primary owns slot {slot}")
+
+    def node_id(self, node: Node) -> str:
+        with node.client() as client:
+            return str(client.execute_command("CLUSTER", "MYID").decode())
+
+    def slot(self, key: str) -> int:
+        with self.live()[0].client() as client:
+            return int(client.execute_command("CLUSTER", "KEYSLOT", key))
+
+    def replica_of(self, primary: Node) -> Node:
+        primary_id = self.node_id(primary)
+        with primary.client() as client:
+            for line in _cluster_nodes(client):
+                if "slave" in line[2] and line[3] == primary_id:
+                    port = int(line[1].split("@")[0].rpartition(":")[2])
+                    return next(n for n in self.nodes if n.port == port)
+        raise LookupError("the primary has no replica")
+
+    def migrate_slot(self, key: str) -> tuple[Node, Node]:
+        """Move ``key``'s slot, keys and all, to another primary; ``(from, to)``.
+
+        The steps of ``redis-cli --cluster reshard`` for one slot: IMPORTING on the
+        target, MIGRATING on the source, MIGRATE every key, then SETSLOT NODE everywhere.
+        """
+        slot = self.slot(key)
+        source = self.node_of(key)
+        target = next(n for n in self.primaries() if n is not source)
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        with source.client() as src, target.client() as dst:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        for node in self.primaries():
+            if node not in (source, target):
+                with node.client() as client:
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        wait_for(lambda: self.node_of(key) is target, timeout=10, what="the slot to move")
+        return source, target
+
+    def failover(self, key: str) -> tuple[Node, Node]:
+        """A manual failover of ``key``'s primary: its replica takes over once it has
+        everything the primary had (``CLUSTER FAILOVER``); ``(old, new)``."""
+        primary = self.node_of(key)
+        replica = self.replica_of(primary)
+        with replica.client() as client:
+            client.execute_command("CLUSTER", "FAILOVER")
+        wait_for(lambda: self.node_of(key) is replica, timeout=20, what="the failover")
+        return primary, replica
+
+    def primaries(self) -> list[Node]:
+        with self.live()[0].client() as client:
+            ports = [
+                int(line[1].split("@")[0].rpartition(":")[2])
+                for line in _cluster_nodes(client)
+                if "master" in line[2] and "fail" not in line[2] and line[8:]
+            ]
+        return [n for n in self.nodes if n.port in ports]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        with contextlib.suppress(OSError):
+            self._dir.cleanup()
+
+    def __enter__(self) -> RedisClusterServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _cluster_nodes(client: redis.Redis) -> list[list[str]]:
+    raw = client.execute_command("CLUSTER", "NODES")
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return [line.split() for line in text.splitlines() if line.strip()]
+
+
+def _owns(ranges: list[str], slot: int) -> bool:
+    for item in ranges:
+        if item.startswith("["):
+            continue  # a slot being migrated or imported
+        low, _, high = item.partition("-")
+        if int(low) <= slot <= int(high or low):
+            return True
+    return False

@@ -8,8 +8,10 @@ Both need Redis 7 (sharded pub/sub); :func:`skip_unless_redis_7` says plainly wh
 from __future__ import annotations
 
 import contextlib
+import random
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -39,24 +41,47 @@ def skip_unless_redis_7() -> str:
     return executable
 
 
-class Node:
-    """One redis-server process."""
+def cluster_port() -> int:
+    """A free port that a cluster node can use: at most 55535, its bus port (+10000) free too."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(20000, 55535)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RuntimeError("no free pair of ports for a cluster node")
 
-    def __init__(self, executable: str, directory: Path, *args: str) -> None:
-        self.port = free_port()
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class Node:
+    """One redis-server process (a cluster node when ``cluster`` is true)."""
+
+    def __init__(self, executable: str, directory: Path, *args: str, cluster: bool = False) -> None:
+        self.port = cluster_port() if cluster else free_port()
         self.directory = directory / str(self.port)
         self.directory.mkdir()
         self.args = [executable, "--port", str(self.port), "--bind", "127.0.0.1", *args]
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Node:
-        log = (self.directory / "redis.log").open("ab")
-        self.process = subprocess.Popen(
-            [*self.args, "--dir", str(self.directory), "--save", "", "--appendonly", "no"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for(self.answers, timeout=10, what=f"redis-server on {self.port} to start")
+        with (self.directory / "redis.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [*self.args, "--dir", str(self.directory), "--save", "", "--appendonly", "no"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for(self.answers, timeout=10, what=f"redis-server on {self.port} to start")
+        except AssertionError as exc:
+            log_text = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+            raise AssertionError(f"{exc}\n{log_text}") from None
         return self
 
     def answers(self) -> bool:
@@ -108,6 +133,7 @@ class RedisClusterServer:
                 "nodes.conf",
                 "--cluster-node-timeout",
                 str(node_timeout_ms),
+                cluster=True,
             )
             for _ in range(6)
         ]
@@ -224,7 +250,11 @@ class RedisClusterServer:
             self._dir.cleanup()
 
     def __enter__(self) -> RedisClusterServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def __exit__(
         self,

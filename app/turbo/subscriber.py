@@ -265,10 +265,12 @@ class ClusterSubscriber:
 
         :param channels: channel names.
         """
+        # One SSUBSCRIBE per hash slot: Redis refuses channels of several slots in one.
         groups: dict[int, tuple[Subscriber, list[bytes]]] = {}
         for channel in channels:
             shard = self._shard_of(channel)
-            groups.setdefault(id(shard), (shard, []))[1].append(channel)
+            slot = self._client.keyslot(channel)
+            groups.setdefault(slot, (shard, []))[1].append(channel)
         for shard, names in groups.values():
             shard.subscribe(*names)
 

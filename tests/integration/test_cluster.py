@@ -31,6 +31,8 @@ from tests.support import (
 )
 from turbocast import Publisher, PublishError
 from turbocast.channels import broadcast_channel, channel_for, stream_channel, user_channel
+from turbocast.subscriber import MESSAGE, SHARD_OPTIONS, SUBSCRIBED, ClusterSubscriber
+from turbocast.topology import parse
 
 USERS = ["ann", "bob"]
 BOARDS = [1, 2]
@@ -296,8 +298,45 @@ def _drain(page: Page, stop: threading.Event) -> None:
         page.error = exc
 
 
-def test_redis_py_knows_the_cluster_from_the_url(cluster):
-    client = redis.cluster.RedisCluster.from_url(
-        cluster.url.replace("redis+cluster", "redis").split(",")[0]
+def _read_until(subscriber: ClusterSubscriber, want: int) -> list[tuple[bytes, bytes, bytes]]:
+    events: list[tuple[bytes, bytes, bytes]] = []
+    wait_for(
+        lambda: events.extend(subscriber.read()) or len(events) >= want,
+        timeout=10,
+        what=f"{want} events",
     )
-    assert len(client.get_primaries()) == 3
+    return events
+
+
+def test_the_relays_subscriber_notices_when_the_cluster_moves_a_slot(cluster):
+    prefix = f"cl{secrets.token_hex(3)}"
+    moving, staying = stream_channel("moving", prefix), stream_channel("staying", prefix)
+    client = parse(cluster.url).client(**SHARD_OPTIONS, socket_timeout=5)
+    subscriber = ClusterSubscriber(client, poll_interval=0.05)
+    publisher = Publisher(cluster.url, prefix=prefix)
+    try:
+        subscriber.subscribe(moving.encode(), staying.encode())
+        confirmed = _read_until(subscriber, 2)
+        assert {(kind, channel) for kind, channel, _ in confirmed} == {
+            (SUBSCRIBED, moving.encode()),
+            (SUBSCRIBED, staying.encode()),
+        }
+        publisher.publish(moving, Markup(_text("m", 1)))
+        [(kind, channel, payload)] = _read_until(subscriber, 1)
+        assert (kind, channel) == (MESSAGE, moving.encode()) and payload.endswith(
+            _text("m", 1).encode()
+        )
+        # Its own SUNSUBSCRIBE is no alarm.
+        subscriber.unsubscribe(staying.encode())
+        publisher.publish(staying, Markup(_text("s", 1)))
+        publisher.publish(moving, Markup(_text("m", 2)))
+        # (its confirmation is swallowed, and what comes on the channel no more)
+        assert [c for _, c, _ in _read_until(subscriber, 1)] == [moving.encode()]
+        # The shard dropping a channel it was not asked to drop is: the slot moved.
+        cluster.migrate_slot(moving)
+        with pytest.raises(redis.ConnectionError, match="moved the slot"):
+            wait_for(lambda: subscriber.read() and False, timeout=10, what="the move")
+    finally:
+        subscriber.close()
+        publisher.close()
+        client.close()

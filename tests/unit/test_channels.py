@@ -100,3 +100,14 @@ def test_session_and_broadcast_channels_never_collide():
     # "broadcast" is a valid-looking word but far too short to be a session id.
     with pytest.raises(InvalidChannelError):
         channel_for("broadcast")
+
+
+def test_a_history_key_is_in_its_channels_hash_slot():
+    # Redis Cluster hashes only what is between the first { and }: the channel's own name,
+    # which has no braces, so key and channel land on the same shard.
+    from turbocast.channels import history_key, stream_channel
+
+    channel = stream_channel("board:42", "shop")
+    key = history_key(channel, "shop")
+    assert key == "shop:history:{shop:stream:board:42}"
+    assert key[key.index("{") + 1 : key.index("}")] == channel

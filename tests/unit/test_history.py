@@ -176,6 +176,18 @@ def test_the_clock_key_follows_the_prefix(client):
     assert client.script_calls[0][0] == ["shop:history:broadcast", "shop:clock"]
 
 
+def test_on_a_cluster_the_script_touches_only_the_history_and_publishes_sharded(client):
+    # One hash slot per script on a Redis Cluster: no clock key shared by every channel,
+    # and SPUBLISH, so only the shard that owns the channel's slot carries the message.
+    history = History(client, sharded=True)  # type: ignore[arg-type]
+
+    history.publish(KEY, "turbo:broadcast", b"x")
+
+    [(keys, args)] = client.script_calls
+    assert keys == [KEY]
+    assert args[-1] == "S"
+
+
 def test_a_retry_passes_the_first_attempts_token_and_where_to_look_from(client, history):
     history.publish(
         KEY,

@@ -352,7 +352,10 @@ def test_to_user_and_to_stream_publish_on_their_channels(publisher, client):
 def test_each_message_goes_to_its_channel_history_in_the_same_call(publisher, client):
     publisher.to_session("A" * 32, TurboStream.remove("x"))
     publisher.to_all(TurboStream.remove("x"))
-    assert client.history_keys == ["turbo:history:{turbo:session:" + "A" * 32 + "}", "turbo:history:{turbo:broadcast}"]
+    assert client.history_keys == [
+        "turbo:history:{turbo:session:" + "A" * 32 + "}",
+        "turbo:history:{turbo:broadcast}",
+    ]
     assert "XADD" in client.script and "PUBLISH" in client.script
 
 

@@ -1,8 +1,10 @@
 """Real Redis deployments for tests: a Redis Cluster (3 primaries, 3 replicas) and Sentinel.
 
 Each starts real ``redis-server`` processes on free local ports, in a directory of its
-own, and stops them on exit. A cluster is made with ``redis-cli --cluster create``.
-Both need Redis 7 (sharded pub/sub); :func:`skip_unless_redis_7` says plainly why not.
+own, and stops them on exit. A cluster is made with ``redis-cli --cluster create`` and
+needs Redis 7 (sharded pub/sub); Sentinel (a primary, a replica, three Sentinels) needs
+Redis 6.2 (``sentinel resolve-hostnames``). :func:`skip_unless_redis_7` and
+:func:`skip_unless_sentinel` say plainly why not.
 """
 
 from __future__ import annotations
@@ -60,18 +62,37 @@ def _bindable(port: int) -> bool:
     return True
 
 
-class Node:
-    """One redis-server process (a cluster node when ``cluster`` is true)."""
+def skip_unless_sentinel() -> str:
+    """The redis-server binary, or skip the test saying why it cannot run Sentinel here."""
+    executable = find_redis_server()
+    if redis_version(executable) < (6, 2, 0):
+        pytest.skip(f"{executable} is older than Redis 6.2 (sentinel resolve-hostnames)")
+    return executable
 
-    def __init__(self, executable: str, directory: Path, *args: str, cluster: bool = False) -> None:
+
+class Node:
+    """One redis-server process (a cluster node when ``cluster`` is true).
+
+    :param config: the text of a configuration file, written into the node's directory and
+        read first (a Sentinel needs one: it rewrites it with what it learns).
+    """
+
+    def __init__(
+        self, executable: str, directory: Path, *args: str, config: str = "", cluster: bool = False
+    ) -> None:
         self.port = cluster_port() if cluster else free_port()
         self.directory = directory / str(self.port)
         self.directory.mkdir()
-        self.args = [executable, "--port", str(self.port), "--bind", "127.0.0.1", *args]
+        conf: list[str] = []
+        if config:
+            path = self.directory / "redis.conf"
+            path.write_text(config)
+            conf = [str(path)]
+        self.args = [executable, *conf, "--port", str(self.port), "--bind", "127.0.0.1", *args]
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Node:
-        with (self.directory / "redis.log").open("ab") as log:
+        with (self.directory / "redis.log").open("ab") as log:  # (the child keeps its copy)
             self.process = subprocess.Popen(
                 [*self.args, "--dir", str(self.directory), "--save", "", "--appendonly", "no"],
                 stdout=log,
@@ -279,3 +300,106 @@ def _owns(ranges: list[str], slot: int) -> bool:
         if int(low) <= slot <= int(high or low):
             return True
     return False
+
+
+class SentinelServers:
+    """A primary, its replica and three Sentinels watching them, on free local ports.
+
+    ``with SentinelServers() as sentinel: sentinel.url`` (``redis+sentinel://...``). A quorum
+    of 2 and ``down-after-milliseconds`` 1000: once the primary dies, the Sentinels
+    promote the replica within a few seconds.
+
+    :param service: the name the Sentinels know the primary by.
+    """
+
+    def __init__(self, service: str = "turbocast") -> None:
+        self.service = service
+        self.executable = skip_unless_sentinel()
+        self._dir = tempfile.TemporaryDirectory(prefix="turbocast-sentinel-")
+        directory = Path(self._dir.name)
+        self.primary = Node(self.executable, directory)
+        self.replica = Node(self.executable, directory, "--replicaof", "127.0.0.1", "0")
+        self.replica.args[-1] = str(self.primary.port)
+        config = (
+            "sentinel resolve-hostnames no\n"
+            f"sentinel monitor {service} 127.0.0.1 {self.primary.port} 2\n"
+            f"sentinel down-after-milliseconds {service} 1000\n"
+            f"sentinel failover-timeout {service} 5000\n"
+            f"sentinel parallel-syncs {service} 1\n"
+        )
+        self.sentinels = [
+            Node(self.executable, directory, "--sentinel", config=config) for _ in range(3)
+        ]
+
+    @property
+    def url(self) -> str:
+        """Every Sentinel, and the service."""
+        hosts = ",".join(s.address for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def start(self) -> SentinelServers:
+        self.primary.start()
+        self.replica.start()
+        wait_for(self._replicating, timeout=30, what="the replica to sync with the primary")
+        for sentinel in self.sentinels:
+            sentinel.start()
+        wait_for(
+            self._watching, timeout=30, what="the Sentinels to find the replica and each other"
+        )
+        return self
+
+    def _replicating(self) -> bool:
+        try:
+            with self.replica.client() as client:
+                return bool(client.info("replication").get("master_link_status") == "up")
+        except redis.RedisError:
+            return False
+
+    def _watching(self) -> bool:
+        # Each Sentinel must know the replica (to promote it) and both other Sentinels (to
+        # reach a quorum and elect a leader) before a failover can happen.
+        try:
+            for sentinel in self.sentinels:
+                with sentinel.client() as client:
+                    state = client.sentinel_master(self.service)
+                    if state["num-slaves"] != 1 or state["num-other-sentinels"] != 2:
+                        return False
+            return True
+        except redis.RedisError:
+            return False
+
+    def current_primary(self) -> Node | None:
+        """The node a Sentinel names as the primary now (``None`` if none answers)."""
+        for sentinel in self.sentinels:
+            if sentinel.process is None or sentinel.process.poll() is not None:
+                continue
+            try:
+                with sentinel.client() as client:
+                    address = client.sentinel_get_master_addr_by_name(self.service)
+            except redis.RedisError:
+                continue
+            if address:
+                port = int(address[1])
+                return next((n for n in (self.primary, self.replica) if n.port == port), None)
+        return None
+
+    def stop(self) -> None:
+        for node in (*self.sentinels, self.replica, self.primary):
+            node.stop()
+        with contextlib.suppress(OSError):
+            self._dir.cleanup()
+
+    def __enter__(self) -> SentinelServers:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -373,12 +373,7 @@ class History:
         # Every command is written before any reply is read: one round trip. An error
         # reply (a ResponseError) is one value among the replies; reading them all keeps
         # the connection in step.
-        if self._pid != os.getpid():
-            self._idle, self._pid = [], os.getpid()
-        try:
-            conn = self._idle.pop()
-        except IndexError:
-            conn = self._pool.make_connection()
+        conn = self._connection()
         try:
             sha = self._script.sha
             replies = _pipelined(conn, [("EVALSHA", sha, len(k), *k, *a) for k, a in calls])
@@ -399,7 +394,8 @@ class History:
         self._idle.append(conn)
         return replies
 
-    def _run_script(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
+    def _connection(self) -> Any:
+        """An idle publishing connection, or a new one; connected."""
         if self._pid != os.getpid():
             # A forked child (a Celery prefork worker) must not share its parent's sockets.
             self._idle, self._pid = [], os.getpid()
@@ -407,6 +403,19 @@ class History:
             conn = self._idle.pop()  # atomic: no lock, safe across threads
         except IndexError:
             conn = self._pool.make_connection()
+        if getattr(conn, "_sock", None) is None:
+            # Not left to the first send: that connects to the host and port the connection
+            # holds, while a Sentinel's connection asks the Sentinels where the primary is
+            # only in connect() (else: localhost:6379, or a primary since demoted or dead).
+            try:
+                conn.connect()
+            except BaseException:
+                self._idle.append(conn)  # (kept: the pool counts every connection it made)
+                raise
+        return conn
+
+    def _run_script(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
+        conn = self._connection()
         try:
             try:
                 conn.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
@@ -435,6 +444,10 @@ class History:
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.disconnect()
+        # Kept, closed, to connect again when next used: the client's pool counts every
+        # connection it made against its max_connections (100 by default), and these are
+        # never handed back to it.
+        self._idle.extend(idle)
 
     def positions(self, keys: Sequence[str]) -> list[str]:
         """The newest id of each history (``"0-0"`` for an empty one), in one round trip.

@@ -23,13 +23,16 @@ stays wherever ``CELERY`` / ``REDIS_URL`` point it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from .errors import TurboError
@@ -40,6 +43,7 @@ Client = Any
 _CLUSTER = ("redis+cluster", "rediss+cluster")
 _SENTINEL = ("redis+sentinel", "rediss+sentinel")
 _SENTINEL_OWN = ("sentinel_username", "sentinel_password")
+_PASSWORD_OPTION = re.compile(r"((?:^|&)[^=&]*password=)[^&]*", re.IGNORECASE)
 
 
 class RedisURLError(TurboError, ValueError):
@@ -55,16 +59,16 @@ class Topology:
 
     #: ``"single"``, ``"cluster"`` or ``"sentinel"``.
     kind: str
-    #: The URL as given.
-    url: str
+    #: The URL as given (credentials and all: not in the repr).
+    url: str = field(repr=False)
     #: ``(host, port)`` of the cluster's seeds or the Sentinels (empty for one server).
     hosts: tuple[tuple[str, int], ...] = ()
     #: The Sentinel service name (the primary's name in Sentinel's configuration).
     service: str = ""
     #: Connection options for Redis itself (credentials, TLS, db, the query's options).
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict, repr=False)
     #: Options for the Sentinels' own connections.
-    sentinel_options: dict[str, Any] = field(default_factory=dict)
+    sentinel_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def sharded(self) -> bool:
@@ -87,9 +91,16 @@ class Topology:
                 for key in ("socket_timeout", "socket_connect_timeout")
                 if key in merged
             }
+            # One try per Sentinel: redis-py asks the next one when one does not answer,
+            # and its default retries (10, backing off) would spend seconds on a dead one
+            # at every connect before asking the next.
             sentinel = Sentinel(  # type: ignore[no-untyped-call]
                 list(self.hosts),
-                sentinel_kwargs={**sentinel_options, **self.sentinel_options},
+                sentinel_kwargs={
+                    **sentinel_options,
+                    "retry": Retry(NoBackoff(), 0),
+                    **self.sentinel_options,
+                },
                 **sentinel_options,
             )
             return sentinel.master_for(  # type: ignore[no-untyped-call]
@@ -120,13 +131,16 @@ def parse(url: str) -> Topology:
     :raises RedisURLError: when it names no host, a port is not a number, or a Sentinel
         URL names no service.
     """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
     if scheme not in _CLUSTER + _SENTINEL:
         return Topology("single", url)
     kind = "cluster" if scheme in _CLUSTER else "sentinel"
-    # urlsplit takes the last "@" as the credentials' end and reads no port from a list.
-    credentials, _, hostlist = parts.netloc.rpartition("@")
+    # Not urlsplit: it reads no port from a list of hosts, and ends the credentials at
+    # the first "/" (a password's, when not escaped): they end at the last "@".
+    rest, _, query = rest.partition("?")
+    credentials, _, rest = rest.rpartition("@")
+    hostlist, _, path_text = rest.partition("/")
     hosts = tuple(_host(item, url) for item in hostlist.split(",") if item)
     if not hosts:
         raise RedisURLError(f"{_safe(url)}: names no host")
@@ -140,7 +154,7 @@ def parse(url: str) -> Topology:
             options["password"] = unquote(password)
     if scheme.startswith("rediss"):
         options["ssl"] = True
-    for name, value in parse_qsl(parts.query):
+    for name, value in parse_qsl(query):
         if name in _SENTINEL_OWN:
             sentinel_options[name.removeprefix("sentinel_")] = unquote(value)
             continue
@@ -150,7 +164,7 @@ def parse(url: str) -> Topology:
         except (TypeError, ValueError) as exc:
             raise RedisURLError(f"{_safe(url)}: invalid value for {name}") from exc
     service = ""
-    path = [unquote(p) for p in parts.path.split("/") if p]
+    path = [unquote(p) for p in path_text.split("/") if p]
     if kind == "sentinel":
         if not path:
             raise RedisURLError(f"{_safe(url)}: a Sentinel URL names its service: /<service>")
@@ -174,11 +188,13 @@ def _host(item: str, url: str) -> tuple[str, int]:
 
 
 def _safe(url: str) -> str:
-    # Never log or raise a password.
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return url.replace(parts.netloc, "***@" + parts.netloc.rpartition("@")[2], 1)
+    # Never log or raise a password: the credentials, nor a *password option's value.
+    head, question, query = url.partition("?")
+    scheme, sep, rest = head.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    query = _PASSWORD_OPTION.sub(r"\1***", query)
+    return f"{scheme}{sep}{rest}{question}{query}"
 
 
 def publish(client: Client, sharded: bool, channel: str, data: bytes) -> int:

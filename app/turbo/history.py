@@ -403,15 +403,15 @@ class History:
             conn = self._idle.pop()  # atomic: no lock, safe across threads
         except IndexError:
             conn = self._pool.make_connection()
-        if getattr(conn, "_sock", None) is None:
-            # Not left to the first send: that connects to the host and port the connection
-            # holds, while a Sentinel's connection asks the Sentinels where the primary is
-            # only in connect() (else: localhost:6379, or a primary since demoted or dead).
-            try:
-                conn.connect()
-            except BaseException:
-                self._idle.append(conn)  # (kept: the pool counts every connection it made)
-                raise
+        # Not left to the first send: that connects to the host and port the connection
+        # holds, while a Sentinel's connection asks the Sentinels where the primary is only
+        # in connect() (else: localhost:6379, or a primary since demoted or dead). It does
+        # nothing on a connection that is connected.
+        try:
+            conn.connect()
+        except BaseException:
+            self._idle.append(conn)  # (kept: the pool counts every connection it made)
+            raise
         return conn
 
     def _run_script(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import redis
 
+from tests.redis_topologies import RedisClusterServer
 from tests.support import ManagedProcess, wait_for
 
 _networks = itertools.count()
@@ -220,3 +221,21 @@ class NamespacedRedis(ManagedProcess):
             return False  # not listening yet; any other error (a refusal) says why at once
         finally:
             client.close()
+
+
+class NamespacedCluster(RedisClusterServer):
+    """A Redis Cluster on one host: six cluster nodes (3 primaries, 3 replicas) bound to
+    the host's address, made with ``redis-cli --cluster create`` run on that host.
+
+    Its ports are fixed, ``first_port`` and the five after it (their bus ports 10000
+    higher): the host's namespace is its own, nothing else listens there.
+    """
+
+    def __init__(self, host: Host, first_port: int = 7000) -> None:
+        super().__init__(
+            host=host.address,
+            ports=range(first_port, first_port + 6),
+            command_prefix=host.command_prefix,
+            # As for NamespacedRedis: its clients are other hosts on a private bridge.
+            node_args=("--protected-mode", "no"),
+        )

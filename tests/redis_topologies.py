@@ -16,8 +16,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import pytest
 import redis
@@ -73,14 +75,26 @@ def skip_unless_sentinel() -> str:
 class Node:
     """One redis-server process (a cluster node when ``cluster`` is true).
 
+    By default on a free local port; ``host``, ``port`` and ``command_prefix`` (e.g.
+    ``("ip", "netns", "exec", name)``) put it on another host's address instead.
+
     :param config: the text of a configuration file, written into the node's directory and
         read first (a Sentinel needs one: it rewrites it with what it learns).
     """
 
     def __init__(
-        self, executable: str, directory: Path, *args: str, config: str = "", cluster: bool = False
+        self,
+        executable: str,
+        directory: Path,
+        *args: str,
+        config: str = "",
+        cluster: bool = False,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        command_prefix: Sequence[str] = (),
     ) -> None:
-        self.port = cluster_port() if cluster else free_port()
+        self.host = host
+        self.port = port or (cluster_port() if cluster else free_port())
         self.directory = directory / str(self.port)
         self.directory.mkdir()
         conf: list[str] = []
@@ -88,7 +102,9 @@ class Node:
             path = self.directory / "redis.conf"
             path.write_text(config)
             conf = [str(path)]
-        self.args = [executable, *conf, "--port", str(self.port), "--bind", "127.0.0.1", *args]
+        self.args = [
+            *command_prefix, executable, *conf, "--port", str(self.port), "--bind", host, *args
+        ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Node:
@@ -107,13 +123,13 @@ class Node:
 
     def answers(self) -> bool:
         try:
-            with redis.Redis(port=self.port, socket_connect_timeout=0.5) as client:
+            with redis.Redis(self.host, self.port, socket_connect_timeout=0.5) as client:
                 return bool(client.ping())
         except redis.RedisError:
             return False
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5)
+        return redis.Redis(self.host, self.port, socket_timeout=5)
 
     def kill(self) -> None:
         """SIGKILL: the process is gone at once, with whatever it had not replicated."""
@@ -131,44 +147,57 @@ class Node:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
 
 class RedisClusterServer:
     """A Redis Cluster of 3 primaries and 3 replicas on free local ports.
 
     ``with RedisClusterServer() as cluster: cluster.url`` (``redis+cluster://...``).
+    ``host``, ``ports`` (six) and ``command_prefix`` put every node, and the
+    ``redis-cli --cluster create`` that joins them, on another host; ``node_args`` are
+    more options for every redis-server.
     """
 
-    def __init__(self, node_timeout_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        node_timeout_ms: int = 1000,
+        host: str = "127.0.0.1",
+        ports: Sequence[int | None] = (None,) * 6,
+        command_prefix: Sequence[str] = (),
+        node_args: Sequence[str] = (),
+    ) -> None:
         self.executable = skip_unless_redis_7()
+        self.command_prefix = tuple(command_prefix)
         self._dir = tempfile.TemporaryDirectory(prefix="turbocast-cluster-")
         directory = Path(self._dir.name)
         self.nodes = [
             Node(
                 self.executable,
                 directory,
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                str(node_timeout_ms),
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(node_timeout_ms),
+                *node_args,
                 cluster=True,
+                host=host,
+                port=port,
+                command_prefix=command_prefix,
             )
-            for _ in range(6)
-        ]
+            for port in ports
+        ]  # fmt: skip
 
     @property
     def url(self) -> str:
         """Every node as a seed."""
         return "redis+cluster://" + ",".join(n.address for n in self.nodes)
 
-    def start(self) -> RedisClusterServer:
+    def start(self) -> Self:
         for node in self.nodes:
             node.start()
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *(n.address for n in self.nodes)]
+            [*self.command_prefix, "redis-cli", "--cluster", "create"]
+            + [n.address for n in self.nodes]
             + ["--cluster-replicas", "1", "--cluster-yes"],
             check=True,
             capture_output=True,
@@ -235,7 +264,7 @@ class RedisClusterServer:
             dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
             src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
             while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
-                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+                src.execute_command("MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", *keys)
             dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
             src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
         for node in self.primaries():
@@ -270,7 +299,7 @@ class RedisClusterServer:
         with contextlib.suppress(OSError):
             self._dir.cleanup()
 
-    def __enter__(self) -> RedisClusterServer:
+    def __enter__(self) -> Self:
         try:
             return self.start()
         except BaseException:

@@ -62,6 +62,8 @@ The metrics (the README's "Metrics" section lists them too):
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
 import os
 import time
@@ -264,13 +266,34 @@ def registry() -> Any:
             if prometheus_client is None
             else "metrics are turned off in this process (TURBO_METRICS=0 in its environment)"
         )
-    from prometheus_client import multiprocess
-
-    if multiprocess_dir() is None:
+    directory = multiprocess_dir()
+    if directory is None:
         return prometheus_client.REGISTRY
     collected = prometheus_client.CollectorRegistry()
-    multiprocess.MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
+    collected.register(_EveryProcess(directory))
     return collected
+
+
+class _EveryProcess:
+    """prometheus-client's multiprocess collector, minus files not yet written.
+
+    A process creates its file empty and sizes it a moment later; a scrape in between
+    (or after a worker killed in between) made prometheus-client fail the whole scrape
+    (``struct.error``; prometheus/client_python#1199). An empty file holds no values.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+
+    def collect(self) -> Any:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = []
+        for path in glob.glob(os.path.join(self._directory, "*.db")):
+            with contextlib.suppress(OSError):  # (a dead worker's, removed meanwhile)
+                if os.path.getsize(path) > 0:
+                    files.append(path)
+        return MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
 
 
 def multiprocess_dir() -> str | None:

@@ -177,6 +177,24 @@ def test_in_multiprocess_mode_a_scrape_reads_every_process_file(monkeypatch, tmp
     assert metrics.registry() is REGISTRY
 
 
+def test_a_process_file_not_yet_written_does_not_fail_the_scrape(monkeypatch, tmp_path):
+    # A worker creates its file empty and sizes it a moment later (or was killed between):
+    # prometheus-client alone fails the whole scrape on it (client_python#1199).
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    code = "from turbocast import metrics; metrics.PUBLISHES.inc(3)"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    (tmp_path / "counter_999999.db").touch()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+
+    found = {
+        sample.name: sample.value
+        for metric in metrics.registry().collect()
+        for sample in metric.samples
+    }
+
+    assert found["turbocast_publishes_total"] == 3
+
+
 def test_gunicorns_child_exit_drops_a_dead_workers_live_gauges(monkeypatch, tmp_path):
     for name in ("gauge_livesum_4242.db", "gauge_liveall_4242.db", "counter_4242.db",
                  "gauge_livesum_4343.db"):  # fmt: skip

@@ -141,7 +141,33 @@ class Node:
         return f"{self.host}:{self.port}"
 
 
-class LocalCluster:
+class Processes:
+    """Servers started by :meth:`start` and stopped by :meth:`stop`; ``with`` does both
+    (and stops what did start when starting fails)."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalCluster(Processes):
     """A Redis Cluster of ``primaries`` primaries with ``replicas`` replicas each.
 
     ``with LocalCluster(3, 1) as cluster: cluster.url`` (``redis+cluster://...``), on free
@@ -317,21 +343,6 @@ class LocalCluster:
             node.stop()
         with contextlib.suppress(OSError):
             self._dir.cleanup()
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _cluster_nodes(client: redis.Redis) -> list[list[str]]:

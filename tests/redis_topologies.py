@@ -15,12 +15,11 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 import pytest
 import redis
 
-from app.embedded_cluster import LocalCluster, Node, redis_version
+from app.embedded_cluster import LocalCluster, Node, Processes, redis_version
 from app.embedded_redis import find_redis_server
 from tests.support import wait_for
 
@@ -69,7 +68,7 @@ class RedisClusterServer(LocalCluster):
         )  # fmt: skip
 
 
-class SentinelServers:
+class SentinelServers(Processes):
     """A primary, its replica and three Sentinels watching them, on free local ports.
 
     ``with SentinelServers() as sentinel: sentinel.url`` (``redis+sentinel://...``). A quorum
@@ -155,18 +154,3 @@ class SentinelServers:
             node.stop()
         with contextlib.suppress(OSError):
             self._dir.cleanup()
-
-    def __enter__(self) -> SentinelServers:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()

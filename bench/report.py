@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,7 @@ def table(runs: list[dict[str, Any]]) -> list[str]:
             f"{both(runs, 'W6', name, 'p99_ms', 2)} | {both(runs, 'W6', name, 'received', 0)} |"
         )
     lines += presence_table(runs)
+    lines += cluster_table(runs)
     return lines
 
 
@@ -170,20 +172,41 @@ def presence_table(runs: list[dict[str, Any]]) -> list[str]:
     """W7: each run's presence figures (bench/presence.py renders them)."""
     from bench.presence import table as w7_table
 
+    title = (
+        "W7 presence, run {run}: {members:,} members (one connection each) on one stream, "
+        "median of {rounds} rounds, Redis {redis_version}; `python -m bench.presence` on its "
+        "own. Per member unless marked; ratios against the peers measured in the same run."
+    )
+    return _library_tables(runs, "W7", "phases", w7_table, title)
+
+
+def cluster_table(runs: list[dict[str, Any]]) -> list[str]:
+    """W8: each run's cluster figures (bench/cluster.py renders them)."""
+    from bench.cluster import table as w8_table
+
+    title = (
+        "W8 cluster, run {run}: {channels:,} channels, batches of {batch}, {seconds:g} s a "
+        "phase, Redis {redis_version} (every node on core 0, every client on core 1: 3 shards "
+        "share one core here, so read the CPU per message, not 3× the msgs/s); `python -m "
+        "bench.cluster` on its own. Limit: the side at ≥ 90 % of its core, `shared` when a "
+        "core was full with other processes' work."
+    )
+    return _library_tables(runs, "W8", "rows", w8_table, title)
+
+
+def _library_tables(
+    runs: list[dict[str, Any]],
+    workload: str,
+    key: str,
+    render: Callable[[dict[str, Any]], list[str]],
+    title: str,
+) -> list[str]:
+    """Each run's tables of a workload measured without a server (its module renders them)."""
     lines: list[str] = []
     for i, r in enumerate(runs, 1):
-        result = get(r, "W7", "turbocast-threads")
-        if "phases" not in result:
-            continue
-        lines += [
-            "",
-            f"W7 presence, run {i}: {result['members']:,} members (one connection each) on one "
-            f"stream, median of {result['rounds']} rounds, Redis {result['redis_version']}; "
-            "`python -m bench.presence` on its own. Per member unless marked; ratios against "
-            "the peers measured in the same run.",
-            "",
-            *w7_table(result),
-        ]
+        result = get(r, workload, "turbocast-threads")
+        if key in result:
+            lines += ["", title.format(run=i, **result), "", *render(result)]
     return lines
 
 

@@ -427,10 +427,27 @@ def w7(target: Target, quick: bool) -> dict[str, Any]:
     """
     if target.kind != "turbocast":
         return {"skipped": "turbocast only: presence is turbocast's"}
-    argv = [PY, "-m", "bench.presence", "--json", *(["--quick"] if quick else [])]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = _library_workload("bench.presence", quick)
     result.pop("per_round", None)
+    return result
+
+
+def w8(target: Target, quick: bool) -> dict[str, Any]:
+    """W8 cluster: publish and fan-out msgs/s on one Redis, a 1-shard and a 3-shard cluster.
+
+    No web server: bench/cluster.py starts each deployment (Redis on core 0), publisher
+    and subscriber processes (core 1), sharded and classic pub/sub, in one run.
+    """
+    if target.kind != "turbocast":
+        return {"skipped": "turbocast only: the publisher under test is turbocast's"}
+    return _library_workload("bench.cluster", quick)
+
+
+def _library_workload(module: str, quick: bool) -> dict[str, Any]:
+    """Run a workload that measures the library against Redis on its own; its JSON."""
+    argv = [PY, "-m", module, "--json", *(["--quick"] if quick else [])]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
 
@@ -443,7 +460,7 @@ def _wait_for_worker(worker: subprocess.Popen[bytes], log: Path, timeout: float 
         time.sleep(0.1)
 
 
-WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7}
+WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7, "W8": w8}
 DEFAULT_TARGETS = ["turbocast-threads", "turbocast-gevent", "floor", "socketio-threads"]
 # Memory is where the serving mode matters most: both peers' modes too. W6 is turbocast's own.
 WORKLOAD_TARGETS = {
@@ -451,6 +468,7 @@ WORKLOAD_TARGETS = {
     "W6": ["turbocast-threads", "turbocast-gevent"],
     # The library against Redis, no server: one row (the target only names turbocast).
     "W7": ["turbocast-threads"],
+    "W8": ["turbocast-threads"],
     # The batched publisher beside the one-by-one one.
     "W2": ["turbocast-threads", "turbocast-threads-batched", *DEFAULT_TARGETS[1:]],
 }

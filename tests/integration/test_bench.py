@@ -9,28 +9,42 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+from bench.cluster import PLAN, row_name
+from tests.redis_topologies import skip_unless_redis_7
 from tests.support import ROOT
 
 
-def test_the_benchmark_harness_runs_a_quick_workload_with_no_loss(tmp_path):
+def _bench(out: Path, *args: str) -> dict:
+    """``bench.run --runs 1 --out out`` with ``args``; the run's results."""
     subprocess.run(
-        [sys.executable, "-m", "bench.run", "--runs", "1", "--quick", "--workloads", "W1",
-         "--targets", "turbocast-threads,floor", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench.run", "--runs", "1", *args, "--out", str(out)],
         cwd=ROOT, check=True, timeout=300, capture_output=True,
     )  # fmt: skip
-    results = json.loads((tmp_path / "run-1.json").read_text())
+    return json.loads((out / "run-1.json").read_text())
+
+
+def _report(out: Path) -> str:
+    """``bench.report`` of the results in ``out``; the page it wrote."""
+    subprocess.run(
+        [sys.executable, "-m", "bench.report", "--results", str(out), "--out", str(out)],
+        cwd=ROOT, check=True, timeout=120, capture_output=True,
+    )  # fmt: skip
+    return (out / "BENCHMARKS.md").read_text()
+
+
+def test_the_benchmark_harness_runs_a_quick_workload_with_no_loss(tmp_path):
+    results = _bench(
+        tmp_path, "--quick", "--workloads", "W1", "--targets", "turbocast-threads,floor"
+    )
     for target in ("turbocast-threads", "floor"):
         w1 = results["workloads"]["W1"][target]
         assert "error" not in w1, w1
         assert w1["loss"] == 0
         assert w1["received"] == w1["expected"] > 0
         assert w1["cpu_us_per_msg"] > 0
-    subprocess.run(
-        [sys.executable, "-m", "bench.report", "--results", str(tmp_path), "--out", str(tmp_path)],
-        cwd=ROOT, check=True, timeout=120, capture_output=True,
-    )  # fmt: skip
-    report = (tmp_path / "BENCHMARKS.md").read_text()
+    report = _report(tmp_path)
     assert "| W1 | turbocast-threads |" in report
     assert (tmp_path / "w1-latency-cdf.png").stat().st_size > 1000
 
@@ -47,31 +61,19 @@ def test_the_per_thread_cpu_tool_names_the_relay_and_the_writers():
 
 
 def test_the_batched_w2_publisher_runs_beside_the_one_by_one_one_with_no_loss(tmp_path):
-    subprocess.run(
-        [sys.executable, "-m", "bench.run", "--runs", "1", "--quick", "--workloads", "W2",
-         "--targets", "turbocast-threads-batched", "--out", str(tmp_path)],
-        cwd=ROOT, check=True, timeout=300, capture_output=True,
-    )  # fmt: skip
-    results = json.loads((tmp_path / "run-1.json").read_text())
+    results = _bench(
+        tmp_path, "--quick", "--workloads", "W2", "--targets", "turbocast-threads-batched"
+    )
     w2 = results["workloads"]["W2"]["turbocast-threads-batched"]
     assert "error" not in w2, w2
     assert (w2["loss"], w2["batch"]) == (0, 100)
     assert w2["received"] == w2["expected"] > 0
-    subprocess.run(
-        [sys.executable, "-m", "bench.report", "--results", str(tmp_path), "--out", str(tmp_path)],
-        cwd=ROOT, check=True, timeout=120, capture_output=True,
-    )  # fmt: skip
-    report = (tmp_path / "BENCHMARKS.md").read_text()
+    report = _report(tmp_path)
     assert "| W2 | turbocast-threads-batched (batched, 100 per batch) |" in report
 
 
 def test_the_presence_workload_measures_1000_members_and_the_report_renders_it(tmp_path):
-    subprocess.run(
-        [sys.executable, "-m", "bench.run", "--runs", "1", "--quick", "--workloads", "W7",
-         "--out", str(tmp_path)],
-        cwd=ROOT, check=True, timeout=120, capture_output=True,
-    )  # fmt: skip
-    results = json.loads((tmp_path / "run-1.json").read_text())
+    results = _bench(tmp_path, "--quick", "--workloads", "W7")
     w7 = results["workloads"]["W7"]["turbocast-threads"]
     assert "error" not in w7, w7
     assert w7["members"] > 0
@@ -80,10 +82,27 @@ def test_the_presence_workload_measures_1000_members_and_the_report_renders_it(t
         assert w7["phases"][phase]["wall_us"] > 0, phase
     assert w7["ratios"]["publish"]["join"]["wall_us"] > 0
     assert w7["memory"]["bytes_per_member"] > 0
-    subprocess.run(
-        [sys.executable, "-m", "bench.report", "--results", str(tmp_path), "--out", str(tmp_path)],
-        cwd=ROOT, check=True, timeout=120, capture_output=True,
-    )  # fmt: skip
-    report = (tmp_path / "BENCHMARKS.md").read_text()
+    report = _report(tmp_path)
     assert "| join, one by one (per member) |" in report
     assert "| presence keys ÷ the set |" in report
+
+
+def test_the_cluster_workload_measures_each_deployment_and_the_report_renders_it(tmp_path):
+    skip_unless_redis_7()
+    results = _bench(tmp_path, "--quick", "--workloads", "W8")
+    w8 = results["workloads"]["W8"]["turbocast-threads"]
+    assert "error" not in w8, w8
+    assert set(w8["rows"]) == {row_name(d, phase, kind) for d, phase, kind, _ in PLAN}
+    for name, row in w8["rows"].items():
+        assert row["messages"] > 0, name
+        assert len(row["node_us_per_msg"]) == max(row["shards"], 1), name
+        assert all(v > 0 for v in row["node_us_per_msg"]), name
+        assert row["limit"] in {"redis", "load", "shared", "neither"}, name
+        if "delivered" in row:
+            assert row["delivered"] > 0 and row["dropped_connections"] == 0, name
+    # Sharded pub/sub: every shard got messages of its own.
+    assert all(n > 0 for n in w8["rows"]["publish cluster-3 SPUBLISH"]["node_own_msgs"])
+    assert all(v is not None for v in w8["ratios"].values()), w8["ratios"]
+    report = _report(tmp_path)
+    assert "| publish cluster-3 turbocast |" in report
+    assert "| fan-out delivered/s, classic ÷ sharded, 3 shards |" in report

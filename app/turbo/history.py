@@ -342,11 +342,11 @@ class History:
     def _run_scripts_by_shard(
         self, calls: list[tuple[tuple[str, ...], tuple[Any, ...]]]
     ) -> list[Any]:
-        # A cluster's pipeline refuses scripts: one pipeline per shard instead, each on
-        # that shard's own client, in the order given (a channel's messages stay in
-        # order: one channel, one slot, one shard). A message whose slot moved meanwhile
-        # (MOVED, ASK: the script did not run) goes again through the cluster client,
-        # which follows the redirection.
+        # A cluster's pipeline refuses scripts: the scripts are pipelined on each shard's
+        # own connection instead (one round trip a shard), in the order given (a channel's
+        # messages stay in order: one channel, one slot, one shard). A message whose slot
+        # moved meanwhile (MOVED, ASK: the script did not run) goes again through the
+        # cluster client, which follows the redirection.
         cluster: Any = self.client
         shards: dict[str, tuple[Any, list[int]]] = {}
         for index, (keys, _) in enumerate(calls):
@@ -354,11 +354,16 @@ class History:
             shards.setdefault(node.name, (node, []))[1].append(index)
         replies: list[Any] = [None] * len(calls)
         for node, indexes in shards.values():
-            pipe = cluster.get_redis_connection(node).pipeline(transaction=False)
-            for index in indexes:
-                keys, args = calls[index]
-                self._script(keys=list(keys), args=list(args), client=pipe)
-            for index, reply in zip(indexes, pipe.execute(raise_on_error=False), strict=True):
+            pool = cluster.get_redis_connection(node).connection_pool
+            conn = pool.get_connection()
+            try:
+                shard_replies = self._evalsha_all(conn, [calls[i] for i in indexes])
+            except BaseException:
+                conn.disconnect()  # (a reply may still be on its way)
+                raise
+            finally:
+                pool.release(conn)
+            for index, reply in zip(indexes, shard_replies, strict=True):
                 replies[index] = reply
         for index, reply in enumerate(replies):
             if isinstance(reply, (redis.exceptions.MovedError, redis.exceptions.AskError)):
@@ -375,16 +380,7 @@ class History:
         # the connection in step.
         conn = self._connection()
         try:
-            sha = self._script.sha
-            replies = _pipelined(conn, [("EVALSHA", sha, len(k), *k, *a) for k, a in calls])
-            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if missing:
-                # Redis restarted (or flushed its scripts): those ran nothing; send the body.
-                bodies = [("EVAL", _PUBLISH, len(calls[i][0]), *calls[i][0], *calls[i][1])
-                          for i in missing]  # fmt: skip
-                again = _pipelined(conn, bodies)
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
+            replies = self._evalsha_all(conn, calls)
         except BaseException as exc:
             conn.disconnect()
             if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
@@ -392,6 +388,21 @@ class History:
             self._idle.append(conn)
             raise
         self._idle.append(conn)
+        return replies
+
+    def _evalsha_all(
+        self, conn: Any, calls: list[tuple[tuple[str, ...], tuple[Any, ...]]]
+    ) -> list[Any]:
+        # The script by its digest, pipelined; where Redis does not know it (restarted, or
+        # its scripts flushed: those ran nothing), its body, which Redis then keeps.
+        sha = self._script.sha
+        replies = _pipelined(conn, [("EVALSHA", sha, len(k), *k, *a) for k, a in calls])
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            bodies = [("EVAL", _PUBLISH, len(calls[i][0]), *calls[i][0], *calls[i][1])
+                      for i in missing]  # fmt: skip
+            for i, reply in zip(missing, _pipelined(conn, bodies), strict=True):
+                replies[i] = reply
         return replies
 
     def _connection(self) -> Any:

@@ -250,7 +250,8 @@ class LocalCluster(Processes):
         return self
 
     def healthy(self) -> bool:
-        """Every live node says the cluster is ok and agrees on its primaries with slots."""
+        """Every live node says the cluster is ok and agrees on its primaries with slots, and
+        every live replica is in sync with its primary."""
         try:
             for node in self.live():
                 with node.client() as client:
@@ -259,6 +260,12 @@ class LocalCluster(Processes):
                     primaries = [n for n in _cluster_nodes(client) if "master" in n[2] and n[8:]]
                     if len(primaries) != self.primary_count or any(
                         "fail" in n[2] for n in primaries
+                    ):
+                        return False
+                    # A replica whose link to its primary never came up cannot take over.
+                    replication = client.info("replication")
+                    if replication.get("role") == "slave" and (
+                        replication.get("master_link_status") != "up"
                     ):
                         return False
             return True

@@ -374,3 +374,88 @@ def test_a_batch_goes_to_every_shard_and_follows_a_moved_slot(cluster):
     finally:
         publisher.close()
         reader.close()
+
+
+@pytest.mark.timeout(150)
+def test_a_primary_killed_mid_stream_its_replica_takes_over_and_delivery_goes_on(
+    redis_url, log_dir
+):
+    # A node going away at once (SIGKILL), not a handover: the cluster notices it after
+    # its node timeout (1 s) and promotes the replica; the relay's shard connection breaks
+    # and it connects again to the cluster as it is then.
+    prefix = f"cl{secrets.token_hex(3)}"
+    with (
+        RedisClusterServer() as own,
+        _web(redis_url, own, log_dir, "gthread", prefix, workers=1) as web,
+    ):
+        page = Page(web, 0)
+        channel = channel_for(page.sid, prefix)
+        stop = threading.Event()
+        reading = threading.Thread(target=page.read, args=(stop,), daemon=True)
+        reading.start()
+        publisher = Publisher(own.url, prefix=prefix)
+        accepted: list[int] = []
+        refused: list[int] = []
+
+        def publish_stream() -> None:  # never waits for a subscriber
+            for n in range(300):
+                try:
+                    publisher.to_session(page.sid, Markup(_text("s", n)))
+                except PublishError:
+                    refused.append(n)
+                else:
+                    accepted.append(n)
+                stop.wait(0.01)  # pacing, not synchronisation
+
+        publishing = threading.Thread(target=publish_stream, daemon=True)
+        try:
+            publishing.start()
+            wait_for(lambda: len(accepted) >= 60, timeout=30, what="the first messages")
+            primary = own.node_of(channel)
+            replica = own.replica_of(primary)
+            primary.kill()
+            wait_for(lambda: _owner(own, channel) is replica, timeout=30, what="the failover")
+            publishing.join(60)
+            assert not publishing.is_alive()
+            after = list(range(300, 320))
+            for n in after:  # the failover is over: every one is accepted
+                publisher.to_session(page.sid, Markup(_text("s", n)))
+
+            entries, _ = publisher.history.since(history_key(channel, prefix), "0-0")
+            held = {int(html.decode().rsplit(" ", 1)[1].split("<")[0]) for _, html, *_ in entries}
+            expected = [n for n in accepted if n in held] + after
+
+            def delivered() -> list[int]:
+                return [int(h.rsplit(" ", 1)[1].split("<")[0]) for _, h in page.messages()]
+
+            wait_for(
+                lambda: set(expected) <= set(delivered()) or page.error,
+                timeout=60,
+                what="every message the new primary holds",
+            )
+            got = delivered()
+            lost = sorted(set(accepted) - set(got) - held)
+            report = (
+                f"cluster primary killed: accepted={len(accepted)} refused={len(refused)} "
+                f"delivered={len(got)} held by the new primary={len(held)} lost={lost}"
+            )
+            print(report)
+            assert page.error is None, (page.error, report)
+            assert got == sorted(set(got)), f"twice or out of order: {report}"
+            assert set(expected) <= set(got), report
+            # The one window of loss: acknowledged by the dead primary, not yet replicated,
+            # and not yet relayed live either. On one host it held nothing in every run.
+            assert len(lost) <= 2, report
+        finally:
+            stop.set()
+            publishing.join(30)
+            publisher.close()
+            page.client.close()
+
+
+def _owner(cluster: RedisClusterServer, key: str) -> object:
+    """The primary of ``key``'s slot, or ``None`` while no live primary has it."""
+    try:
+        return cluster.node_of(key)
+    except (LookupError, redis.RedisError):
+        return None

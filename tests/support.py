@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -360,7 +360,9 @@ class RawClient:
     test leave the TCP window full, as a stalled browser would.
     """
 
-    def __init__(self, ws_url: str, cookie: str, rcvbuf: int = 4096) -> None:
+    def __init__(
+        self, ws_url: str, cookie: str, rcvbuf: int = 4096, extensions: Sequence[Any] = ()
+    ) -> None:
         parts = urlsplit(ws_url)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -373,15 +375,20 @@ class RawClient:
                     host=parts.netloc,
                     target=parts.path,
                     extra_headers=[(b"cookie", cookie.encode())],
+                    extensions=list(extensions),
                 )
             )
         )
         self.events: list[Any] = []
+        #: Bytes read off the socket after the 101 (what crossed the wire).
+        self.received_bytes = 0
         while not any(isinstance(e, AcceptConnection) for e in self.events):
             self._pump()
+        self.received_bytes = 0  # (the 101, and perhaps a first frame, counted from here on)
 
     def _pump(self) -> bool:
         data = self.sock.recv(65536)
+        self.received_bytes += len(data)
         self.ws.receive_data(data or None)
         self.events.extend(self.ws.events())
         return bool(data)

@@ -63,6 +63,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from . import metrics
@@ -165,6 +166,22 @@ def _upgrade_request(handshake: WSConnection, environ: dict[str, Any]) -> Reques
     return request
 
 
+def _deflate_offered(offers: Any) -> bool:
+    """Whether the client offers permessage-deflate in a form accepted here: none of its
+    offers limits the server's window below 15 bits (so one shared frame fits all)."""
+    found = False
+    for offer in offers:
+        name, *params = [part.strip() for part in str(offer).split(";")]
+        if name != PerMessageDeflate.name:
+            continue
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip() == "server_max_window_bits" and value.strip(' "') not in ("", "15"):
+                return False  # (wsproto would take the first offer: decline them all)
+        found = True
+    return found
+
+
 def _wait_for(fd: int, events: int, timeout: float | None) -> bool:
     """Wait until ``fd`` is ready for ``events`` (or hung up); ``False`` after ``timeout`` s."""
     poller = select.poll()
@@ -181,6 +198,8 @@ class WebSocket:
         as stuck and is dropped (``0``: no limit).
     :param max_incoming_bytes: the largest message a client may send (else 1009).
     :param max_incoming_rate: how many messages a client may send per 10 s (else 1008).
+    :param deflate: compress messages (permessage-deflate, RFC 7692) when the client offers
+        it (``TURBO_WEBSOCKET_DEFLATE``).
     :raises HandshakeError: when the request is not an upgrade this server accepts;
         nothing was sent, so the endpoint answers with its status and headers.
     """
@@ -193,6 +212,7 @@ class WebSocket:
         send_timeout: float,
         max_incoming_bytes: int,
         max_incoming_rate: int,
+        deflate: bool = False,
     ) -> None:
         handshake = WSConnection(ConnectionType.SERVER)
         self._request: Request | None = _upgrade_request(handshake, environ)
@@ -205,6 +225,9 @@ class WebSocket:
         self.send_timeout = send_timeout
         self.max_incoming_bytes = max_incoming_bytes
         self.max_incoming_rate = max_incoming_rate
+        self._deflate_allowed = deflate
+        #: Whether permessage-deflate was negotiated (set by accept()).
+        self.deflate = False
         #: The subprotocol chosen at accept (:data:`~turbocast.message.SUBPROTOCOL` or None).
         self.subprotocol: str | None = None
         self.tls = is_tls_socket(sock)
@@ -248,9 +271,13 @@ class WebSocket:
     def accept(self) -> None:
         """Send the 101 and start reading; from then on the caller is the socket's writer.
 
-        Chooses ``turbocast.v1`` when the client offers it, and no extension: without
-        permessage-deflate a message is the same bytes for every socket and is
-        encoded once. Sets the send timeout first, so the 101 is bounded too.
+        Chooses ``turbocast.v1`` when the client offers it, and permessage-deflate when
+        the client offers it and the setting allows, always with
+        ``server_no_context_takeover``: each message is compressed on its own, so its
+        compressed frame is the same bytes for every such socket and is made once. An
+        offer that limits the server's window (``server_max_window_bits`` below 15) is
+        declined: the shared frame is compressed with the full window. Sets the send
+        timeout first, so the 101 is bounded too.
 
         :raises Exception: whatever failed; the socket is then already closed, with
             a 1011 close frame if the 101 had gone out, and the server must not
@@ -262,8 +289,17 @@ class WebSocket:
             raise RuntimeError("accept() is called once")
         try:
             self.subprotocol = SUBPROTOCOL if SUBPROTOCOL in request.subprotocols else None
-            response = handshake.send(AcceptConnection(subprotocol=self.subprotocol))
-            self._protocol = Connection(ConnectionType.SERVER)
+            extensions: list[Extension] = []
+            if self._deflate_allowed and _deflate_offered(request.extensions):
+                extensions.append(PerMessageDeflate(server_no_context_takeover=True))
+            response = handshake.send(
+                AcceptConnection(subprotocol=self.subprotocol, extensions=extensions)
+            )
+            # The frame protocol reads (and inflates) what the client sends.
+            self.deflate = any(extension.enabled() for extension in extensions)
+            self._protocol = Connection(
+                ConnectionType.SERVER, extensions=extensions if self.deflate else None
+            )
             self._send = self._set_send_timeout()
             self._send(response)
             self._upgraded = True
@@ -505,7 +541,11 @@ class WebSocket:
         admitted = [m for m in messages if cursor.admit(m)]
         if not admitted:
             return
-        frames = [m.tagged_frame if tagged else m.plain_frame for m in admitted]
+        if self.deflate:
+            frames = [m.tagged_deflated_frame if tagged else m.plain_deflated_frame
+                      for m in admitted]  # fmt: skip
+        else:
+            frames = [m.tagged_frame if tagged else m.plain_frame for m in admitted]
         self._send(b"".join(frames) if len(frames) > 1 else frames[0])
         if replay:  # (live messages are counted once per process, by the relay)
             metrics.replayed(admitted)

@@ -379,6 +379,7 @@ def websocket_endpoint() -> Response:
                 send_timeout=float(config["TURBO_SEND_TIMEOUT"]),
                 max_incoming_bytes=int(config["TURBO_MAX_INCOMING_BYTES"]),
                 max_incoming_rate=int(config["TURBO_MAX_INCOMING_RATE"]),
+                deflate=bool(config["TURBO_WEBSOCKET_DEFLATE"]),
             )
         except HandshakeError as exc:
             return _refuse(exc.status, f"bad WebSocket handshake: {exc}", headers=exc.headers)

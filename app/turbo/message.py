@@ -36,7 +36,7 @@ HTML alone, without an id, like a payload published by something else.
 from __future__ import annotations
 
 from .history import parse_id
-from .outbox import encode_text_frame
+from .outbox import deflate_text_frame, encode_text_frame
 
 #: The WebSocket subprotocol of the tagged format.
 SUBPROTOCOL = "turbocast.v1"
@@ -69,7 +69,8 @@ class Message:
     """
 
     __slots__ = ("channel", "label", "id", "key", "html", "gap", "exclude", "exclude_socket",
-                 "published", "size", "_plain", "_tagged")  # fmt: skip
+                 "published", "size", "_plain", "_tagged", "_plain_deflated",
+                 "_tagged_deflated")  # fmt: skip
 
     def __init__(
         self,
@@ -96,6 +97,8 @@ class Message:
         self.size = len(html) + FRAME_OVERHEAD
         self._plain: bytes | None = None
         self._tagged: bytes | None = None
+        self._plain_deflated: bytes | None = None
+        self._tagged_deflated: bytes | None = None
 
     @classmethod
     def from_payload(cls, channel: bytes, label: str, payload: bytes) -> Message:
@@ -133,10 +136,26 @@ class Message:
     def tagged_frame(self) -> bytes:
         """The WebSocket frame in the ``turbocast.v1`` format."""
         if self._tagged is None:
-            kind = b"g " if self.gap else b"m "
-            head = kind + self.label.encode() + b" " + (self.id or "-").encode() + b"\n"
-            self._tagged = encode_text_frame(head + self.html)
+            self._tagged = encode_text_frame(self._tagged_text())
         return self._tagged
+
+    @property
+    def plain_deflated_frame(self) -> bytes:
+        """:attr:`plain_frame` for a socket with permessage-deflate: compressed once."""
+        if self._plain_deflated is None:
+            self._plain_deflated = deflate_text_frame(self.html)
+        return self._plain_deflated
+
+    @property
+    def tagged_deflated_frame(self) -> bytes:
+        """:attr:`tagged_frame` for a socket with permessage-deflate: compressed once."""
+        if self._tagged_deflated is None:
+            self._tagged_deflated = deflate_text_frame(self._tagged_text())
+        return self._tagged_deflated
+
+    def _tagged_text(self) -> bytes:
+        kind = b"g " if self.gap else b"m "
+        return kind + self.label.encode() + b" " + (self.id or "-").encode() + b"\n" + self.html
 
 
 def published_seconds(value: bytes | None) -> float | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import queue
 import struct
 import threading
+import zlib
 from typing import TYPE_CHECKING, NamedTuple
 
 from .settings import DEFAULTS
@@ -28,22 +29,44 @@ CLOSE_OUTBOX_OVERFLOW = 4001
 DEFAULT_OUTBOX_BYTES: int = DEFAULTS["TURBO_OUTBOX_BYTES"]
 
 
-def encode_text_frame(payload: bytes) -> bytes:
+def encode_text_frame(payload: bytes, *, compressed: bool = False) -> bytes:
     """Encode one unfragmented, unmasked WebSocket text frame (RFC 6455 §5.2), as a server sends.
 
     Encoding happens once per message in the relay; every socket the message
     goes to writes the same bytes.
 
-    :param payload: the UTF-8 text of the message.
+    :param payload: the UTF-8 text of the message, or its deflated bytes.
+    :param compressed: the payload is deflated (permessage-deflate, RFC 7692): RSV1 is set.
     """
+    first = 0xC1 if compressed else 0x81
     n = len(payload)
     if n < 126:
-        header = bytes((0x81, n))
+        header = bytes((first, n))
     elif n < 0x10000:
-        header = struct.pack("!BBH", 0x81, 126, n)
+        header = struct.pack("!BBH", first, 126, n)
     else:
-        header = struct.pack("!BBQ", 0x81, 127, n)
+        header = struct.pack("!BBQ", first, 127, n)
     return header + payload
+
+
+def deflate_text_frame(text: bytes) -> bytes:
+    """The frame of a text message compressed for permessage-deflate, or the plain one when
+    deflating would not make it smaller.
+
+    Each message is compressed on its own (the server's side of every socket negotiates
+    ``server_no_context_takeover``), so one compressed frame serves every socket that
+    negotiated the extension, as an uncompressed one does (RFC 7692 §7.2.1: the sync
+    flush's trailing ``00 00 ff ff`` is left off).
+
+    :param text: the UTF-8 text of the message.
+    """
+    # The fastest level: on demo-like HTML it costs a sixth to a half of the default's
+    # time for 5-20 % more bytes (bench/deflate.py).
+    compressor = zlib.compressobj(zlib.Z_BEST_SPEED, zlib.DEFLATED, -15)
+    deflated = (compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    if len(deflated) >= len(text):
+        return encode_text_frame(text)
+    return encode_text_frame(deflated, compressed=True)
 
 
 class Closing(NamedTuple):

@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = {
     "TURBO_REDIS_URL": None,
     # Path of the WebSocket endpoint.
     "TURBO_WEBSOCKET_ROUTE": "/turbo-stream",
+    # Compress messages (permessage-deflate) for clients that offer it; off by default.
+    "TURBO_WEBSOCKET_DEFLATE": False,
     # Namespace of the Redis channels and keys; every process of an app must agree on it.
     "TURBO_CHANNEL_PREFIX": "turbo",
     # Bytes of messages that may wait for one slow socket before it is closed with 4001.

@@ -296,3 +296,18 @@ def test_published_seconds_of_a_history_entrys_time():
 
 def test_the_identity_frame_tells_the_socket_id_in_a_line_of_its_own():
     assert identity_frame("Sock3tSock3tSock") == encode_text_frame(b"i Sock3tSock3tSock\n")
+
+
+def test_a_tagged_deflated_frame_carries_the_tagged_text_compressed_once():
+    import zlib
+
+    message = Message(b"turbo:broadcast", "b", "1700-3", b"<li>row</li>" * 50)
+    frame = message.tagged_deflated_frame
+    assert frame is message.tagged_deflated_frame  # made once, shared by every socket
+    assert frame[0] == 0xC1
+    text = zlib.decompressobj(-15).decompress(frame[2:] + b"\x00\x00\xff\xff")
+    assert text == b"m b 1700-3\n" + b"<li>row</li>" * 50
+    assert (
+        zlib.decompressobj(-15).decompress(message.plain_deflated_frame[2:] + b"\x00\x00\xff\xff")
+        == b"<li>row</li>" * 50
+    )

@@ -469,3 +469,23 @@ def test_beats_and_messages_drain_together():
     assert controls == [HEARTBEAT]
     assert [m.html for m in messages] == [b"one", b"two"]
     assert closing is None
+
+
+def test_a_deflated_frame_sets_rsv1_and_inflates_back_to_the_message():
+    import zlib
+
+    from turbocast.outbox import deflate_text_frame
+
+    text = ("<li>row</li>" * 200).encode()
+    frame = deflate_text_frame(text)
+    assert frame[0] == 0xC1  # FIN, RSV1 (compressed), text
+    length, payload = frame[1], frame[2:]  # (2,400 bytes deflate to under 126)
+    assert length == len(payload) < len(text) / 10
+    # RFC 7692 §7.2.2: the receiver appends the sync flush's tail before inflating.
+    assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == text
+
+
+def test_a_message_deflating_cannot_shrink_goes_as_it_is():
+    from turbocast.outbox import deflate_text_frame, encode_text_frame
+
+    assert deflate_text_frame(b"7") == encode_text_frame(b"7")

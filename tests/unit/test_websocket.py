@@ -745,3 +745,24 @@ def test_the_handshake_keeps_wsprotos_accept_token(pair):
     ws.accept()
     assert isinstance(Peer(client_sock, client).next(), AcceptConnection)
     ws.abort(1000, "done")
+
+
+@pytest.mark.parametrize(
+    ("offers", "accepted"),
+    [
+        ([], False),
+        (["permessage-deflate"], True),
+        (["permessage-deflate; client_max_window_bits"], True),
+        (["permessage-deflate; server_max_window_bits=15"], True),
+        (["x-webkit-deflate-frame", "permessage-deflate; server_no_context_takeover"], True),
+        # The server's window limited: one shared frame could not serve it; all declined,
+        # since wsproto would accept the first offer.
+        (["permessage-deflate; server_max_window_bits=10"], False),
+        (["permessage-deflate; server_max_window_bits=10", "permessage-deflate"], False),
+        (["x-webkit-deflate-frame"], False),
+    ],
+)
+def test_deflate_is_taken_when_offered_with_the_full_window(offers, accepted):
+    from turbocast.connection import _deflate_offered
+
+    assert _deflate_offered(offers) is accepted

@@ -312,7 +312,12 @@ def _subscribe(
     within ``TURBO_REDIS_TIMEOUT``.
     """
     deadline = time.monotonic() + float(state.config["TURBO_REDIS_TIMEOUT"])
-    relay = state.relay()
+    try:
+        relay = state.relay()
+    except redis.RedisError as exc:  # (a Redis Cluster's clients connect when made)
+        return _refuse(
+            STATUS_REDIS_UNAVAILABLE, "Redis unavailable: no relay", turbo_error=repr(exc)
+        )
     sub: Subscription = relay.attach(
         admission.channels, outbox, admission.sid, admission.socket_id, admission.user
     )

@@ -141,7 +141,8 @@ class Publisher:
         Reads ``TURBO_REDIS_URL`` (else ``REDIS_URL``), ``TURBO_REDIS_TIMEOUT``,
         ``TURBO_CHANNEL_PREFIX``, ``TURBO_MAX_MESSAGE_BYTES``, ``TURBO_HISTORY_MAXLEN`` and
         ``TURBO_HISTORY_SECONDS``; a missing key takes its default from
-        :data:`turbocast.DEFAULTS`. Nothing connects until the first publish.
+        :data:`turbocast.DEFAULTS`. Nothing connects until the first publish, but for a Redis
+        Cluster, whose client reads the slot map when made.
 
         :param config: a Flask app's ``config``, or any mapping of settings.
         :raises TurboError: when neither ``TURBO_REDIS_URL`` nor ``REDIS_URL`` is set.

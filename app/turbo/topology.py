@@ -32,6 +32,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -78,13 +79,22 @@ class Topology:
     def client(self, **options: Any) -> Client:
         """A client for this deployment.
 
+        A cluster's client connects when made (redis-py reads the slot map then); the
+        others connect on first use.
+
         :param options: redis-py connection options (timeouts, retry...); the URL's own win.
+        :raises redis.ConnectionError: a cluster none of whose seeds answered.
         """
         merged = {**options, **self.options}
         if self.kind == "cluster":
             merged.pop("db", None)
             nodes = [ClusterNode(host, port) for host, port in self.hosts]  # type: ignore[no-untyped-call]
-            return RedisCluster(startup_nodes=nodes, **merged)
+            try:
+                return RedisCluster(startup_nodes=nodes, **merged)
+            except RedisClusterException as exc:
+                # redis-py reads the slot map when the client is made; unreachable, it
+                # raises its own exception: a RedisError here, as for one server.
+                raise redis.ConnectionError(f"no Redis Cluster node answered: {exc}") from exc
         if self.kind == "sentinel":
             sentinel_options = {
                 key: merged[key]

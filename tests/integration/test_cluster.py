@@ -19,10 +19,12 @@ import pytest
 import redis
 from markupsafe import Markup
 
+from app.embedded_redis import free_port
 from tests.redis_topologies import RedisClusterServer
 from tests.support import (
     ResumingClient,
     WebServer,
+    handshake_status,
     login,
     open_session,
     page_stream_url,
@@ -459,3 +461,17 @@ def _owner(cluster: RedisClusterServer, key: str) -> object:
         return cluster.node_of(key)
     except (LookupError, redis.RedisError):
         return None
+
+
+def test_a_socket_while_no_cluster_node_answers_is_refused_with_503(redis_url, log_dir):
+    # A cluster's client connects when made (redis-py reads the slot map then): a relay
+    # that cannot be made is Redis being away, as for one server, not a crash of the view.
+    nowhere = f"redis+cluster://127.0.0.1:{free_port()}"
+    env = {"TURBO_REDIS_URL": nowhere, "TURBO_REDIS_TIMEOUT": "1"}
+    web = WebServer(redis_url, env=env).start(log_dir)
+    try:
+        cookie = open_session(web.base_url)  # (the page renders, without positions)
+        assert handshake_status(web.ws_url, cookie) == 503
+        assert "Redis unavailable: no relay" in web.log()
+    finally:
+        web.stop()

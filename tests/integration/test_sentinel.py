@@ -119,7 +119,8 @@ def test_a_page_gets_what_is_published_through_sentinel(
     try:
         cookie, sid, url = _page(web)
         client = ResumingClient(url, cookie).connect()
-        wait_for(lambda: numsub(primary, channel_for(sid)) >= 1, what="the relay on the primary")
+        # (The 101 comes once Redis confirmed the subscription: on the primary, by then.)
+        assert numsub(primary, channel_for(sid)) >= 1
         for n in (1, 2, 3):
             publisher.to_session(sid, _stream(n))
         for _ in range(3):
@@ -169,7 +170,6 @@ def test_messages_keep_coming_when_the_primary_dies_and_its_replica_takes_over(
         try:
             cookie, sid, url = _page(web)
             reader = Reader(ResumingClient(url, cookie).connect())
-            wait_for(lambda: numsub(primary, channel_for(sid)) >= 1, what="the relay's SUBSCRIBE")
             publishing.start()
             wait_for(
                 lambda: len(accepted) >= BEFORE_KILL or not publishing.is_alive(),
@@ -187,8 +187,8 @@ def test_messages_keep_coming_when_the_primary_dies_and_its_replica_takes_over(
             publishing.join(timeout=120)
             assert not publishing.is_alive(), "the publisher thread is stuck"
 
-            # The failover is over: every message from now on must be accepted and arrive.
-            wait_for(lambda: numsub(replica, channel_for(sid)) >= 1, timeout=90, what="the relay")
+            # The failover is over: every message from now on must be accepted and arrive,
+            # whether or not the relay is back yet (it catches up from the history).
             after = list(range(STREAM_LENGTH + 1, STREAM_LENGTH + AFTER_FAILOVER + 1))
             for n in after:
                 publisher.to_session(sid, _stream(n))

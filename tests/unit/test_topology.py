@@ -16,7 +16,7 @@ SECRET = "s3cr3t-pa55"
 
 
 @pytest.mark.parametrize(
-    "url", ["redis://localhost:6379/0", "rediss://:pw@host:6380/1", "unix:///tmp/redis.sock"]
+    "url", ["redis://localhost:7379/0", "rediss://:pw@host:6380/1", "unix:///tmp/redis.sock"]
 )
 def test_a_single_servers_url_is_left_to_redis_py(url):
     topology = parse(url)
@@ -33,20 +33,20 @@ def test_a_single_servers_url_is_left_to_redis_py(url):
 
 
 def test_a_sentinel_url_lists_its_sentinels_and_names_the_service():
-    topology = parse("redis+sentinel://10.0.0.1:26379,10.0.0.2:26380,sentinel-3:26381/mymaster")
+    topology = parse("redis+sentinel://10.0.0.1:26370,10.0.0.2:26380,sentinel-3:26381/mymaster")
     assert topology.kind == "sentinel"
-    assert topology.hosts == (("10.0.0.1", 26379), ("10.0.0.2", 26380), ("sentinel-3", 26381))
+    assert topology.hosts == (("10.0.0.1", 26370), ("10.0.0.2", 26380), ("sentinel-3", 26381))
     assert topology.service == "mymaster"
     assert topology.options == {}
     assert not topology.sharded
 
 
 def test_a_sentinel_url_may_name_a_database_after_the_service():
-    assert parse("redis+sentinel://h:26379/mymaster/3").options == {"db": 3}
+    assert parse("redis+sentinel://h:26390/mymaster/3").options == {"db": 3}
 
 
 def test_credentials_are_for_redis_and_percent_decoded():
-    topology = parse("redis+sentinel://app%40eu:p%40ss%2Fw@h:26379/mymaster")
+    topology = parse("redis+sentinel://app%40eu:p%40ss%2Fw@h:26390/mymaster")
     assert topology.options == {"username": "app@eu", "password": "p@ss/w"}
     assert topology.sentinel_options == {}
 
@@ -57,14 +57,14 @@ def test_a_password_alone_or_a_username_alone():
 
 
 def test_a_password_with_an_unescaped_at_sign_or_slash_still_ends_at_the_last_at():
-    topology = parse("redis+sentinel://:p@ss/w@h:26379/mymaster/1")
+    topology = parse("redis+sentinel://:p@ss/w@h:26390/mymaster/1")
     assert topology.options == {"password": "p@ss/w", "db": 1}
-    assert (topology.hosts, topology.service) == ((("h", 26379),), "mymaster")
+    assert (topology.hosts, topology.service) == ((("h", 26390),), "mymaster")
 
 
 def test_the_sentinels_own_credentials_come_from_the_query():
     topology = parse(
-        "redis+sentinel://:redis-pw@h:26379/mymaster"
+        "redis+sentinel://:redis-pw@h:26390/mymaster"
         "?sentinel_username=watcher&sentinel_password=sentinel-pw"
     )
     assert topology.options == {"password": "redis-pw"}
@@ -72,17 +72,17 @@ def test_the_sentinels_own_credentials_come_from_the_query():
 
 
 def test_the_rediss_scheme_speaks_tls_to_redis():
-    topology = parse("rediss+sentinel://h:26379/mymaster?ssl_cert_reqs=none")
+    topology = parse("rediss+sentinel://h:26390/mymaster?ssl_cert_reqs=none")
     assert topology.options == {"ssl": True, "ssl_cert_reqs": "none"}
 
 
 def test_the_scheme_is_read_without_regard_to_case():
-    assert parse("Redis+Sentinel://h:26379/mymaster").kind == "sentinel"
+    assert parse("Redis+Sentinel://h:26390/mymaster").kind == "sentinel"
 
 
 def test_query_options_are_parsed_as_redis_py_parses_them():
     topology = parse(
-        "redis+sentinel://h:26379/mymaster?socket_timeout=2.5&health_check_interval=10"
+        "redis+sentinel://h:26390/mymaster?socket_timeout=2.5&health_check_interval=10"
         "&client_name=web"
     )
     assert topology.options == {
@@ -93,15 +93,15 @@ def test_query_options_are_parsed_as_redis_py_parses_them():
 
 
 def test_an_ipv6_sentinel_is_written_in_brackets():
-    assert parse("redis+sentinel://[::1]:26379,[fe80::2]:26380/m").hosts == (
-        ("::1", 26379),
+    assert parse("redis+sentinel://[::1]:26390,[fe80::2]:26380/m").hosts == (
+        ("::1", 26390),
         ("fe80::2", 26380),
     )
 
 
 def test_the_client_asks_the_sentinels_for_the_service_with_the_urls_options():
     topology = parse(
-        "redis+sentinel://:pw@127.0.0.1:26379,127.0.0.1:26380/mymaster/2"
+        "redis+sentinel://:pw@127.0.0.1:26390,127.0.0.1:26380/mymaster/2"
         "?sentinel_password=sp&socket_timeout=3"
     )
     client = topology.client(socket_timeout=9, socket_connect_timeout=1)
@@ -112,7 +112,7 @@ def test_the_client_asks_the_sentinels_for_the_service_with_the_urls_options():
     assert pool.connection_kwargs["db"] == 2
     assert pool.connection_kwargs["socket_timeout"] == 3  # the URL's own wins
     sentinels = pool.sentinel_manager.sentinels
-    assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [26379, 26380]
+    assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [26390, 26380]
     own = sentinels[0].connection_pool.connection_kwargs
     assert own["password"] == "sp"
     assert own["socket_connect_timeout"] == 1
@@ -121,20 +121,20 @@ def test_the_client_asks_the_sentinels_for_the_service_with_the_urls_options():
 
 def test_the_client_tries_each_sentinel_once_before_the_next():
     # redis-py's default (10 retries, backing off) spends seconds on a dead Sentinel.
-    client = parse("redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/m").client()
+    client = parse("redis+sentinel://127.0.0.1:26390,127.0.0.1:26380/m").client()
     for sentinel in client.connection_pool.sentinel_manager.sentinels:
         assert sentinel.connection_pool.connection_kwargs["retry"].get_retries() == 0
     client.close()
 
 
 def test_the_sentinel_pool_speaks_tls_for_rediss():
-    client = parse("rediss+sentinel://127.0.0.1:26379/m").client()
+    client = parse("rediss+sentinel://127.0.0.1:26390/m").client()
     assert issubclass(client.connection_pool.connection_class, redis.SSLConnection)
     client.close()
 
 
 def test_connection_pool_of_a_sentinel_url_finds_the_primary_at_each_connect():
-    pool = parse("redis+sentinel://127.0.0.1:26379/m").connection_pool(socket_timeout=1)
+    pool = parse("redis+sentinel://127.0.0.1:26390/m").connection_pool(socket_timeout=1)
     assert isinstance(pool, SentinelConnectionPool)
     assert pool.is_master
 
@@ -176,13 +176,13 @@ def test_a_cluster_has_no_connection_pool_of_its_own():
 @pytest.mark.parametrize(
     ("url", "why"),
     [
-        ("redis+sentinel://h:26379", "names its service"),
-        ("redis+sentinel://h:26379/", "names its service"),
-        ("redis+sentinel://h:26379/mymaster/zero", "database after the service is a number"),
+        ("redis+sentinel://h:26390", "names its service"),
+        ("redis+sentinel://h:26390/", "names its service"),
+        ("redis+sentinel://h:26390/mymaster/zero", "database after the service is a number"),
         ("redis+sentinel:///mymaster", "names no host"),
         ("redis+sentinel://,/mymaster", "names no host"),
         ("redis+sentinel://h/mymaster", "every host needs its port"),
-        ("redis+sentinel://:26379/mymaster", "every host needs its port"),
+        ("redis+sentinel://:26390/mymaster", "every host needs its port"),
         ("redis+sentinel://h:port/mymaster", "'port' is not a port"),
         ("redis+sentinel://h:0/mymaster", "'0' is not a port"),
         ("redis+sentinel://h:65536/mymaster", "'65536' is not a port"),
@@ -202,15 +202,15 @@ def test_a_url_turbocast_cannot_use_is_refused_saying_why(url, why):
 @pytest.mark.parametrize(
     "url",
     [
-        f"redis+sentinel://:{SECRET}@h:26379",
+        f"redis+sentinel://:{SECRET}@h:26390",
         f"redis+sentinel://user:{SECRET}@h:nope/mymaster",
         f"redis+sentinel://user:{SECRET}@/mymaster",
-        f"redis+sentinel://:{SECRET}@h:26379/mymaster/x",
+        f"redis+sentinel://:{SECRET}@h:26390/mymaster/x",
         f"rediss+cluster://u:{SECRET}@h:7000/0",
-        f"redis+sentinel://:{SECRET}@h:26379/m?socket_timeout=x",
-        f"redis+sentinel://h:26379/m?sentinel_password={SECRET}&socket_timeout=x",
-        f"redis+sentinel://h:26379/m?password={SECRET}&socket_timeout=x",
-        f"redis+sentinel://h:26379/m?socket_timeout=x&Sentinel_Password={SECRET}",
+        f"redis+sentinel://:{SECRET}@h:26390/m?socket_timeout=x",
+        f"redis+sentinel://h:26390/m?sentinel_password={SECRET}&socket_timeout=x",
+        f"redis+sentinel://h:26390/m?password={SECRET}&socket_timeout=x",
+        f"redis+sentinel://h:26390/m?socket_timeout=x&Sentinel_Password={SECRET}",
         f"redis+sentinel://:{SECRET[:4]}/{SECRET[4:]}@h/mymaster",  # an unescaped "/"
     ],
 )
@@ -224,6 +224,6 @@ def test_no_error_says_the_password(url):
 
 
 def test_the_topologys_repr_says_no_password():
-    topology = parse(f"redis+sentinel://:{SECRET}@h:26379/m?sentinel_password={SECRET}")
+    topology = parse(f"redis+sentinel://:{SECRET}@h:26390/m?sentinel_password={SECRET}")
     assert SECRET not in repr(topology)
     assert "h" in repr(topology) and "'m'" in repr(topology)

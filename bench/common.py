@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 SECRET_KEY = "bench-secret-key"
 PAD = "x" * 180
 _MESSAGE_RE = re.compile(rb'data-n="(\d+)" data-t="(\d+)"')
+
+
+def library_cli(
+    doc: str,
+    results: Callable[[], dict[str, Any]],
+    table: Callable[[dict[str, Any]], list[str]],
+) -> None:
+    """The command line of a workload measured without a server: its table, or its JSON
+    (``--json``, as ``make bench`` records it)."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--quick", action="store_true", help="accepted; the run is short")
+    as_json = parser.parse_args().json
+    result = results()
+    print(json.dumps(result) if as_json else "\n".join(table(result)))
 
 
 def message_html(n: int) -> str:

@@ -13,16 +13,20 @@ same run:
 The HTML is made like a demo page's: rows of varied words, ids and times, not padding
 (padding compresses far better than real pages do).
 
-    python -m bench.deflate
+    python -m bench.deflate [--json]
+
+``make bench`` runs it as W9.
 """
 
 from __future__ import annotations
 
 import random
 import zlib
+from typing import Any
 
 from markupsafe import Markup
 
+from bench.common import library_cli
 from bench.publish_cost import measure
 from turbocast import TurboStream
 from turbocast.message import Message
@@ -114,17 +118,41 @@ def cost(html: bytes) -> tuple[bytes, bytes, dict[str, tuple[float, float]]]:
     return plain, deflated, measure(steps)
 
 
-def main() -> None:
-    print("| stream | HTML bytes | frame bytes: as is / deflated | ÷ | "
-          "server CPU µs: as is / deflated | client inflate µs |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+def results() -> dict[str, Any]:
+    """Each stream's bytes and CPU, as ``make bench``'s W9 records them."""
+    rows = {}
     for name, html in samples().items():
         plain, deflated, cpu = cost(html)
-        print(
-            f"| {name} | {len(html):,} | {len(plain):,} / {len(deflated):,} "
-            f"| {len(plain) / len(deflated):.1f}× "
-            f"| {cpu['as is'][0]:.1f} / {cpu['deflated'][0]:.1f} | {cpu['inflate'][0]:.1f} |"
+        rows[name] = {
+            "html_bytes": len(html),
+            "plain_bytes": len(plain),
+            "deflated_bytes": len(deflated),
+            "plain_cpu_us": cpu["as is"][0],
+            "deflated_cpu_us": cpu["deflated"][0],
+            "inflate_cpu_us": cpu["inflate"][0],
+        }
+    return {"rows": rows}
+
+
+def table(result: dict[str, Any]) -> list[str]:
+    """The rows as a Markdown table."""
+    lines = [
+        "| stream | HTML bytes | frame bytes: as is / deflated | ÷ | "
+        "server CPU µs: as is / deflated | client inflate µs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in result["rows"].items():
+        lines.append(
+            f"| {name} | {row['html_bytes']:,} | {row['plain_bytes']:,} / "
+            f"{row['deflated_bytes']:,} | {row['plain_bytes'] / row['deflated_bytes']:.1f}× "
+            f"| {row['plain_cpu_us']:.1f} / {row['deflated_cpu_us']:.1f} "
+            f"| {row['inflate_cpu_us']:.1f} |"
         )
+    return lines
+
+
+def main() -> None:
+    library_cli(__doc__ or "", results, table)
 
 
 if __name__ == "__main__":

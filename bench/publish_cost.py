@@ -11,10 +11,12 @@ CPU time and the wall time per message for:
   so the difference is the rendering.
 
 The publisher is pinned to one core where the machine has two (Redis is not pinned: it
-takes the other). Issue 17's target: ``to_session`` at most 2x the bare PUBLISH
+takes the other). The target: ``to_session`` at most 2x the bare PUBLISH
 in publisher CPU.
 
-    python -m bench.publish_cost
+    python -m bench.publish_cost [--json]
+
+``make bench`` runs it as W10.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 from markupsafe import Markup
 
 from app.embedded_redis import EmbeddedRedis
+from bench.common import library_cli
 from turbocast import Publisher, TurboStream
 from turbocast.channels import channel_for
 
@@ -60,7 +64,8 @@ def measure(calls: dict[str, Callable[[], object]]) -> dict[str, tuple[float, fl
     }
 
 
-def main() -> None:
+def results() -> dict[str, Any]:
+    """Each publish's CPU and wall µs per message, and its ratios to the bare PUBLISH."""
     server = EmbeddedRedis().start()
     try:
         if (os.cpu_count() or 1) >= 2:
@@ -79,21 +84,39 @@ def main() -> None:
                 "to_session, rendered": lambda: publisher.to_session(sid, rendered),
             }
         )
-        peer = rows["bare PUBLISH"]
-        print(
-            f"{len(payload)}-byte messages one by one: medians of {ROUNDS} interleaved rounds "
-            f"of {PER_ROUND}, after one to warm up"
-        )
-        print("| publish | CPU µs | ÷ bare PUBLISH | wall µs | ÷ bare PUBLISH |")
-        print("|---|---|---|---|---|")
-        for name, (cpu, wall) in rows.items():
-            print(
-                f"| {name} | {cpu:.1f} | {cpu / peer[0]:.2f}× | {wall:.1f} | {wall / peer[1]:.2f}× |"
-            )
         publisher.close()
         client.close()
     finally:
         server.close()
+    peer = rows["bare PUBLISH"]
+    return {
+        "bytes": len(payload),
+        "rounds": ROUNDS,
+        "per_round": PER_ROUND,
+        "rows": {
+            name: {"cpu_us": cpu, "wall_us": wall, "cpu_ratio": cpu / peer[0],
+                   "wall_ratio": wall / peer[1]}
+            for name, (cpu, wall) in rows.items()
+        },
+    }  # fmt: skip
+
+
+def table(result: dict[str, Any]) -> list[str]:
+    """The rows as a Markdown table."""
+    lines = [
+        "| publish | CPU µs | ÷ bare PUBLISH | wall µs | ÷ bare PUBLISH |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in result["rows"].items():
+        lines.append(
+            f"| {name} | {row['cpu_us']:.1f} | {row['cpu_ratio']:.2f}× "
+            f"| {row['wall_us']:.1f} | {row['wall_ratio']:.2f}× |"
+        )
+    return lines
+
+
+def main() -> None:
+    library_cli(__doc__ or "", results, table)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from app.embedded_redis import EmbeddedRedis, free_port
+from bench import cpushare
 from bench.common import SECRET_KEY, cpu_seconds, new_sids, percentile, rss_kib
+from bench.cpushare import CpuShare
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -48,8 +50,6 @@ class Target:
     command: Callable[[int, int], list[str]]  # (port, sockets) -> argv
     env: dict[str, str] = field(default_factory=dict)
     path: str = "/turbo-stream"
-    #: Publish targeted messages as fast as it can in batches of this many (0: one by one).
-    batch: int = 0
 
     def url(self, port: int) -> str:
         scheme = "http" if self.kind == "socketio" else "ws"
@@ -68,27 +68,23 @@ def gunicorn(app: str, worker: str, threads: int, hooks: bool = True) -> list[st
     return [*args, "--log-level", "warning", app]
 
 
-#: Messages per batch of the batched publisher (W2's turbocast-threads-batched).
+#: Messages per round trip of W2's publishers (each mechanism pipelined its own way).
 BATCH = 100
+#: The share of its core each server gets in W2: small enough that the load core
+#: (Redis, the publisher, the load generator) outpaces every target's server.
+SERVER_SHARE = 0.25
 
 TARGETS = {
     "turbocast-threads": Target(
         "turbocast-threads", "turbocast",
         lambda port, n: gunicorn("app:create_app()", "gthread", n + 64) + ["-b", f"127.0.0.1:{port}"],
     ),
-    # The same server; its publisher sends W2's messages with Publisher.batch().
-    "turbocast-threads-batched": Target(
-        "turbocast-threads-batched", "turbocast",
-        lambda port, n: gunicorn("app:create_app()", "gthread", n + 64) + ["-b", f"127.0.0.1:{port}"],
-        batch=BATCH,
-    ),
-    # The batched row's server with Prometheus counting off (TURBO_METRICS=0): what the
-    # metrics cost where the server is the limit.
-    "turbocast-threads-batched-nometrics": Target(
-        "turbocast-threads-batched-nometrics", "turbocast",
+    # The same server with Prometheus counting off (TURBO_METRICS=0): what the metrics
+    # cost where the server is the limit.
+    "turbocast-threads-nometrics": Target(
+        "turbocast-threads-nometrics", "turbocast",
         lambda port, n: gunicorn("app:create_app()", "gthread", n + 64) + ["-b", f"127.0.0.1:{port}"],
         env={"TURBO_METRICS": "0"},
-        batch=BATCH,
     ),
     "turbocast-gevent": Target(
         "turbocast-gevent", "turbocast",
@@ -127,7 +123,14 @@ TARGETS = {
 class Servers:
     """The target's server processes (one per port), pinned to the server core."""
 
-    def __init__(self, target: Target, redis_url: str, processes: int, sockets: int) -> None:
+    def __init__(
+        self,
+        target: Target,
+        redis_url: str,
+        processes: int,
+        sockets: int,
+        share: CpuShare | None = None,
+    ) -> None:
         self.target = target
         self.ports = [free_port() for _ in range(processes)]
         env = {
@@ -149,6 +152,7 @@ class Servers:
                     env=env,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
+                    preexec_fn=share.join if share else None,  # noqa: PLW1509 - no threads here
                 )  # fmt: skip
             )
         for port in self.ports:
@@ -250,16 +254,29 @@ def measured(
     redis: EmbeddedRedis,
     load_spec: dict[str, Any],
     pub_spec: dict[str, Any],
+    share: CpuShare | None = None,
 ) -> dict[str, Any]:
-    """One load against running servers: server CPU per delivered message, latencies, loss."""
+    """One load against running servers: server CPU per delivered message, latencies, loss.
+
+    With ``share`` (the servers' capped cgroup), also the share of the window's quota
+    periods in which the servers used up their quota (``throttled``).
+    """
     load = Load({"kind": target.kind, "urls": servers.urls, **load_spec})
     time.sleep(0.5)  # let connection set-up CPU settle before the window opens
     cpu0, load_cpu0, t0 = cpu_seconds(servers.pids), load.cpu, time.monotonic()
     redis_cpu0 = cpu_seconds([redis_pid(redis)])
+    if share:
+        share.cap()
+    periods0 = share.periods() if share else (0, 0)
     summary, pub_cpu = publish(target.kind, redis.url, pub_spec)
     done = load.wait_done()
     wall = time.monotonic() - t0
     server_cpu = cpu_seconds(servers.pids) - cpu0
+    periods, throttled = (
+        (a - b for a, b in zip(share.periods(), periods0, strict=True)) if share else (0, 0)
+    )
+    if share:
+        share.lift()
     load_cpu = load.cpu
     result = load.finish()
     assert done
@@ -273,6 +290,7 @@ def measured(
         "wall_s": wall,
         "publisher_cpu_s": pub_cpu,
         "publisher_rate": summary["rate"],
+        "throttled": throttled / periods if periods else None,
         # Near 1.0: the load generator's core, not the server, set the pace.
         "load_core_busy": (
             cpu_seconds([redis_pid(redis)]) - redis_cpu0 + pub_cpu + load_cpu - load_cpu0
@@ -289,18 +307,30 @@ def redis_pid(redis: EmbeddedRedis) -> int:
 
 
 def targeted(
-    target: Target, processes: int, sockets: int, count: int, rate: float, keep: bool = False
+    target: Target,
+    processes: int,
+    sockets: int,
+    count: int,
+    rate: float,
+    keep: bool = False,
+    batch: int = 0,
+    share: CpuShare | None = None,
 ) -> dict[str, Any]:
-    """Targeted pushes to sockets that are each their own session, on fresh servers."""
+    """Targeted pushes to sockets that are each their own session, on fresh servers.
+
+    ``batch``: publish ``batch`` messages per round trip (with ``rate`` 0); ``share``:
+    the cgroup that caps the servers' CPU.
+    """
     sids = new_sids(sockets)
     with EmbeddedRedis() as redis:
-        servers = Servers(target, redis.url, processes, sockets // processes)
+        servers = Servers(target, redis.url, processes, sockets // processes, share)
         try:
             return measured(
                 target, servers, redis,
                 {"mode": "collect", "sids": sids, "expect": count,
                  "timeout": count / rate + 30 if rate else 120, "keep_latencies": keep},
-                {"sids": sids, "count": count, "rate": rate, "batch": target.batch},
+                {"sids": sids, "count": count, "rate": rate, "batch": batch},
+                share,
             )  # fmt: skip
         finally:
             servers.stop()
@@ -312,12 +342,33 @@ def w1(target: Target, quick: bool) -> dict[str, Any]:
 
 
 def w2(target: Target, quick: bool) -> dict[str, Any]:
-    """W2 throughput: 20,000 targeted messages as fast as the publisher can (200 sockets)."""
-    r = targeted(target, 1, 200, 5000 if quick else 20000, 0)
+    """W2 throughput at saturation: 20,000 targeted messages to 200 sockets.
+
+    Every target's publisher sends 100 messages per round trip, and the server is capped
+    at ``SERVER_SHARE`` of its core (a CPU cgroup), so the server, not the load core, sets
+    the pace. ``throttled`` is the share of the window's quota periods in which the
+    kernel held the server back for its quota: near 1, the server was the limit
+    (``limit: server``); below ``SATURATED``, the load side was, and the CPU per message
+    is not a saturation figure (``limit: load``; also where no cgroup could be made).
+    """
+    share = cpushare.make(f"turbocast-bench-{os.getpid()}", SERVER_SHARE)
+    try:
+        r = targeted(target, 1, 200, 5000 if quick else 20000, 0, batch=BATCH, share=share)
+    finally:
+        if share is not None:
+            share.remove()
+    r["batch"] = BATCH
+    r["server_share"] = share.share if share is not None else None
     r["delivered_per_s"] = r["received"] / r["seconds"] if r["seconds"] else None
-    if target.batch:
-        r["batch"] = target.batch
+    # What one whole core of the server would deliver at this CPU per message.
+    r["per_core_per_s"] = 1e6 / r["cpu_us_per_msg"] if r["cpu_us_per_msg"] else None
+    r["limit"] = "server" if (r["throttled"] or 0) >= SATURATED else "load"
     return r
+
+
+#: In how many of the window's quota periods a capped server must have used up its
+#: share for its run to count as saturated.
+SATURATED = 0.8
 
 
 def w3(target: Target, quick: bool) -> dict[str, Any]:
@@ -443,6 +494,28 @@ def w8(target: Target, quick: bool) -> dict[str, Any]:
     return _library_workload("bench.cluster", quick)
 
 
+def w9(target: Target, quick: bool) -> dict[str, Any]:
+    """W9 permessage-deflate: bytes on the wire and CPU per message, with and without.
+
+    No web server: bench/deflate.py builds each frame as the relay does, for three sizes of
+    Turbo Stream, against the frame as it is in the same run.
+    """
+    if target.kind != "turbocast":
+        return {"skipped": "turbocast only: the frames are turbocast's"}
+    return _library_workload("bench.deflate", quick)
+
+
+def w10(target: Target, quick: bool) -> dict[str, Any]:
+    """W10 publish cost: ``Publisher.to_session`` against a bare redis-py PUBLISH.
+
+    No web server: bench/publish_cost.py publishes one by one to its own Redis, the
+    variants interleaved round by round, the peer in the same run.
+    """
+    if target.kind != "turbocast":
+        return {"skipped": "turbocast only: the publisher under test is turbocast's"}
+    return _library_workload("bench.publish_cost", quick)
+
+
 def _library_workload(module: str, quick: bool) -> dict[str, Any]:
     """Run a workload that measures the library against Redis on its own; its JSON."""
     argv = [PY, "-m", module, "--json", *(["--quick"] if quick else [])]
@@ -460,7 +533,18 @@ def _wait_for_worker(worker: subprocess.Popen[bytes], log: Path, timeout: float 
         time.sleep(0.1)
 
 
-WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7, "W8": w8}
+WORKLOADS = {
+    "W1": w1,
+    "W2": w2,
+    "W3": w3,
+    "W4": w4,
+    "W5": w5,
+    "W6": w6,
+    "W7": w7,
+    "W8": w8,
+    "W9": w9,
+    "W10": w10,
+}
 DEFAULT_TARGETS = ["turbocast-threads", "turbocast-gevent", "floor", "socketio-threads"]
 # Memory is where the serving mode matters most: both peers' modes too. W6 is turbocast's own.
 WORKLOAD_TARGETS = {
@@ -469,8 +553,10 @@ WORKLOAD_TARGETS = {
     # The library against Redis, no server: one row (the target only names turbocast).
     "W7": ["turbocast-threads"],
     "W8": ["turbocast-threads"],
-    # The batched publisher beside the one-by-one one.
-    "W2": ["turbocast-threads", "turbocast-threads-batched", *DEFAULT_TARGETS[1:]],
+    "W9": ["turbocast-threads"],
+    "W10": ["turbocast-threads"],
+    # Both modes of both peers at saturation.
+    "W2": [*DEFAULT_TARGETS, "socketio-gevent"],
 }
 
 

@@ -7,10 +7,12 @@ harness working (servers start, load and publisher processes talk, nothing is lo
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+from bench import cpushare
 from bench.cluster import PLAN, row_name
 from tests.redis_topologies import skip_unless_redis_7
 from tests.support import ROOT
@@ -60,16 +62,40 @@ def test_the_per_thread_cpu_tool_names_the_relay_and_the_writers():
     assert "request threads (the sockets' writers)" in out
 
 
-def test_the_batched_w2_publisher_runs_beside_the_one_by_one_one_with_no_loss(tmp_path):
-    results = _bench(
-        tmp_path, "--quick", "--workloads", "W2", "--targets", "turbocast-threads-batched"
-    )
-    w2 = results["workloads"]["W2"]["turbocast-threads-batched"]
-    assert "error" not in w2, w2
-    assert (w2["loss"], w2["batch"]) == (0, 100)
-    assert w2["received"] == w2["expected"] > 0
+def test_w2_publishes_in_batches_to_a_capped_server_for_each_kind_with_no_loss(tmp_path):
+    targets = ("turbocast-threads", "floor", "socketio-gevent")
+    results = _bench(tmp_path, "--quick", "--workloads", "W1,W2", "--targets", ",".join(targets))
+    capped = cpushare.make(f"turbocast-test-{os.getpid()}", 0.5)
+    if capped is not None:
+        capped.remove()
+    for target in targets:
+        w2 = results["workloads"]["W2"][target]
+        assert "error" not in w2, w2
+        assert (w2["loss"], w2["batch"]) == (0, 100)
+        assert w2["received"] == w2["expected"] > 0
+        assert w2["limit"] in {"server", "load"}
+        if capped is not None:  # the server was capped, and the kernel counted its periods
+            assert w2["server_share"] == 0.25
+            assert w2["throttled"] is not None
     report = _report(tmp_path)
-    assert "| W2 | turbocast-threads-batched (batched, 100 per batch) |" in report
+    assert "| turbocast-threads | " in report.split("## At saturation")[1]
+    assert "| W2 | socketio-gevent |" in report
+
+
+def test_the_deflate_and_publish_cost_workloads_run_and_the_report_renders_them(tmp_path):
+    results = _bench(tmp_path, "--quick", "--workloads", "W9,W10")
+    rows = results["workloads"]["W9"]["turbocast-threads"]["rows"]
+    assert set(rows) == {"one post", "20 posts", "200 posts"}
+    for name, row in rows.items():
+        assert row["deflated_bytes"] < row["plain_bytes"], name
+        assert row["deflated_cpu_us"] > 0 and row["inflate_cpu_us"] > 0, name
+    costs = results["workloads"]["W10"]["turbocast-threads"]["rows"]
+    assert set(costs) == {"bare PUBLISH", "to_session", "to_session, rendered"}
+    assert costs["bare PUBLISH"]["cpu_ratio"] == 1.0
+    assert all(row["cpu_us"] > 0 for row in costs.values())
+    report = _report(tmp_path)
+    assert "| 200 posts | " in report
+    assert "| to_session | " in report
 
 
 def test_the_presence_workload_measures_1000_members_and_the_report_renders_it(tmp_path):

@@ -21,9 +21,11 @@ redis-server process's CPU (every thread's ``/proc/<pid>/task/*/schedstat``) ove
 row's pipelines, which adds reading the commands and writing the replies. A second
 table splits each script's commandstats time into its commands' own (Redis counts a
 script's commands too) and the rest: running the script, its Lua, and passing each
-``redis.call()`` in and out. Each variant is a copy of the script in this file, or the
-shipped one (imported as it is) with one change; rows marked "unsafe" drop a guarantee
-and only show what one step costs. Rows take turns, round by round (the machine's speed
+``redis.call()`` in and out. The shipped script is imported as it is; the one before
+it (:data:`BEFORE`) and each variant are its text with a change made here, so measuring
+never touches it. Rows marked "unsafe" drop a guarantee and only show what one step
+costs. In clock mode, "before, MAXLEN ~" runs the same commands as "shipped", and
+"shipped, MAXLEN =" as "before": how far each pair differs is the run's noise. Rows take turns, round by round (the machine's speed
 drifts), for at most ``--rounds`` rounds (:data:`ROUNDS`) and, past the second,
 ``--seconds`` (:data:`SECONDS`), after one round that warms up; medians.
 
@@ -62,68 +64,21 @@ PEER = "bare PUBLISH (the peer)"
 INNER = ("time", "get", "xadd", "set", "xtrim", "pexpire", "publish", "spublish")
 
 
-def _part(first: str, last: str) -> str:
-    """The shipped script's lines from the one starting ``first`` to the one ending ``last``."""
-    begin = _PUBLISH.index(first)
-    return _PUBLISH[begin : _PUBLISH.index(last, begin) + len(last) + 1]
-
-
-#: The script as shipped before this measurement (exact trimming by count and by age;
-#: commit 2bec92c), its retry lookup and clock as the shipped one's but for the COUNT;
-#: its SHA1 (Redis's digest of it) is :data:`BEFORE_SHA`.
+#: The script as shipped before this measurement (commit 2bec92c): the shipped one with
+#: exact trimming by count, TIME on a cluster too, and a COUNT on the retry lookup. Its
+#: SHA1 (Redis's digest of it) is :data:`BEFORE_SHA`.
 BEFORE = (
-    "\n"
-    + _part("local sharded", "end\nend").replace("'+')", "'+', 'COUNT', ARGV[2])")
-    + """local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local id = '*'
-if KEYS[2] then
-"""
-    + _part("  local ms, seq", "id = string.format('%d-%d', ms, seq)\nend")
-    + """local exclude = ARGV[7] or ''
-local exclude_socket = ARGV[8] or ''
-local published = ARGV[9] or ''
-local fields = {'d', ARGV[1], 'p', ARGV[5]}
-if exclude ~= '' then
-  table.insert(fields, 'x')
-  table.insert(fields, exclude)
-end
-if exclude_socket ~= '' then
-  table.insert(fields, 's')
-  table.insert(fields, exclude_socket)
-end
-if published ~= '' then
-  table.insert(fields, 't')
-  table.insert(fields, published)
-end
-local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[2], id, unpack(fields))
-if type(added) == 'table' and added.err then
-  added = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', unpack(fields))
-end
-id = added
-if KEYS[2] then
-  redis.call('SET', KEYS[2], id)
-end
-local oldest = now - tonumber(ARGV[3])
-if oldest > 0 then
-  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', oldest))
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-local head = id
-if exclude ~= '' then
-  head = head .. ';x=' .. exclude
-end
-if exclude_socket ~= '' then
-  head = head .. ';s=' .. exclude_socket
-end
-if published ~= '' then
-  head = head .. ';t=' .. published
-end
-local receivers = redis.call(sharded and 'SPUBLISH' or 'PUBLISH', ARGV[4], head .. ' ' .. ARGV[1])
-return {id, receivers}
-"""
+    _PUBLISH.replace("'+')", "'+', 'COUNT', ARGV[2])")
+    .replace("'MAXLEN', '~', ", "'MAXLEN', ")
+    .replace("else\n  now = tonumber(string.match(id, '^%d+'))\n", "")
+    .replace(
+        "local id, now = '*', nil\nif KEYS[2] then\n  local t = redis.call('TIME')\n"
+        "  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n",
+        "local t = redis.call('TIME')\n"
+        "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+        "local id = '*'\nif KEYS[2] then\n",
+    )
 )
-
 BEFORE_SHA = "2c42e7ea5f40c0313b655f442546b6766f97636c"
 
 _EXACT_COUNT = "'MAXLEN', ARGV[2]"
@@ -134,7 +89,7 @@ _AGE_TRIM = "  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', oldest)
 #: approximate trimming, which removes only whole stream nodes).
 VARIANTS = {
     "shipped, MAXLEN =": _PUBLISH.replace("'~', ", ""),
-    "shipped, MINID ~": _PUBLISH.replace("'MINID', now", "'MINID', '~', now"),
+    "shipped, MINID ~": _PUBLISH.replace(_EXACT_AGE, "'MINID', '~', string.format"),
     "before, MAXLEN ~": BEFORE.replace(_EXACT_COUNT, "'MAXLEN', '~', ARGV[2]"),
     "before, MINID ~": BEFORE.replace(_EXACT_AGE, "'MINID', '~', string.format"),
     "before, MAXLEN ~, MINID ~": BEFORE.replace(_EXACT_COUNT, "'MAXLEN', '~', ARGV[2]").replace(
@@ -353,8 +308,7 @@ def main() -> None:
         "PUBLISH's, and in brackets µs per call."
     )
     if hashlib.sha1(BEFORE.encode()).hexdigest() != BEFORE_SHA:
-        print("(The shipped script's retry lookup or clock changed: the before rows are not")
-        print("2bec92c's script any more, but theirs with its trimming.)")
+        print("(The shipped script changed: the before rows are not 2bec92c's script.)")
     print()
     report(samples)
 

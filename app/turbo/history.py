@@ -46,13 +46,12 @@ START = "0-0"
 # to that. Without one, XADD '*' orders the channel's ids by itself, and the new id's
 # ms is the time (no TIME call).
 # What it costs Redis (bench/script_cost.py) is mostly the script itself: about 3 µs to
-# run one at all and 1 µs a redis.call(), against 3 to 6 µs for the commands' own work;
-# hence no call, table or string more than needed (no TIME on a cluster, no table of
-# fields for a message that excludes no one). Trimming by count is approximate ('~':
-# Redis drops only whole stream nodes, so a history keeps at least maxlen entries and
-# less than one node more), which spares a channel at its maxlen the rewrite of a node
-# on every publish; by age it is exact, as max_age promises. The retry lookup reads to
-# the top: a history may hold more than maxlen entries.
+# run one at all and 1 µs a redis.call(), against 4 to 7 µs for the commands' own work;
+# hence no call more than needed (no TIME on a cluster). Trimming by count is
+# approximate ('~': Redis drops only whole stream nodes, so a history keeps at least
+# maxlen entries and less than one node more), which spares a channel at its maxlen the
+# rewrite of a node on every publish; by age it is exact, as max_age promises. The retry
+# lookup reads to the top: a history may hold more than maxlen entries.
 _PUBLISH = """
 local sharded = ARGV[10] == 'S'
 if ARGV[6] ~= '' then
@@ -81,43 +80,49 @@ if KEYS[2] then
   end
   id = string.format('%d-%d', ms, seq)
 end
-local function add(...)
-  local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], id, ...)
-  if type(added) == 'table' and added.err then
-    added = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', ...)
-  end
-  return added
+local exclude = ARGV[7] or ''
+local exclude_socket = ARGV[8] or ''
+local published = ARGV[9] or ''
+local fields = {'d', ARGV[1], 'p', ARGV[5]}
+if exclude ~= '' then
+  table.insert(fields, 'x')
+  table.insert(fields, exclude)
 end
-local exclude, exclude_socket, published = ARGV[7] or '', ARGV[8] or '', ARGV[9] or ''
-local added, head
-if exclude == '' and exclude_socket == '' and published ~= '' then
-  added, head = add('d', ARGV[1], 'p', ARGV[5], 't', published), ';t=' .. published
-else
-  local fields = {'d', ARGV[1], 'p', ARGV[5]}
-  head = ''
-  if exclude ~= '' then
-    fields[#fields + 1], fields[#fields + 2], head = 'x', exclude, ';x=' .. exclude
-  end
-  if exclude_socket ~= '' then
-    fields[#fields + 1], fields[#fields + 2] = 's', exclude_socket
-    head = head .. ';s=' .. exclude_socket
-  end
-  if published ~= '' then
-    fields[#fields + 1], fields[#fields + 2], head = 't', published, head .. ';t=' .. published
-  end
-  added = add(unpack(fields))
+if exclude_socket ~= '' then
+  table.insert(fields, 's')
+  table.insert(fields, exclude_socket)
 end
+if published ~= '' then
+  table.insert(fields, 't')
+  table.insert(fields, published)
+end
+local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], id, unpack(fields))
+if type(added) == 'table' and added.err then
+  added = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
+end
+id = added
 if KEYS[2] then
-  redis.call('SET', KEYS[2], added)
+  redis.call('SET', KEYS[2], id)
 else
-  now = tonumber(string.match(added, '^%d+'))
+  now = tonumber(string.match(id, '^%d+'))
 end
-if now > tonumber(ARGV[3]) then
-  redis.call('XTRIM', KEYS[1], 'MINID', now - ARGV[3])
+local oldest = now - tonumber(ARGV[3])
+if oldest > 0 then
+  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', oldest))
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-local command = sharded and 'SPUBLISH' or 'PUBLISH'
-return {added, redis.call(command, ARGV[4], added .. head .. ' ' .. ARGV[1])}
+local head = id
+if exclude ~= '' then
+  head = head .. ';x=' .. exclude
+end
+if exclude_socket ~= '' then
+  head = head .. ';s=' .. exclude_socket
+end
+if published ~= '' then
+  head = head .. ';t=' .. published
+end
+local receivers = redis.call(sharded and 'SPUBLISH' or 'PUBLISH', ARGV[4], head .. ' ' .. ARGV[1])
+return {id, receivers}
 """
 
 

@@ -83,8 +83,9 @@ class Publisher:
         client to publish with.
     :param prefix: the channel namespace (``TURBO_CHANNEL_PREFIX``).
     :param max_message_bytes: the largest message accepted, in bytes of UTF-8.
-    :param history_maxlen: how many messages each channel's history keeps
-        (``TURBO_HISTORY_MAXLEN``); every publisher of an app must agree on it.
+    :param history_maxlen: how many messages each channel's history keeps for replay,
+        at least (see :class:`~turbocast.history.History`; ``TURBO_HISTORY_MAXLEN``);
+        every publisher of an app must agree on it.
     :param history_seconds: how long a message stays in the history
         (``TURBO_HISTORY_SECONDS``).
     :param timeout: seconds to wait for Redis to accept a connection, and then for each

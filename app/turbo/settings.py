@@ -60,7 +60,8 @@ DEFAULTS: dict[str, Any] = {
     "TURBO_MAX_SOCKETS_PER_SESSION": 16,
     # Named streams one socket may ask for.
     "TURBO_MAX_STREAMS_PER_SOCKET": 32,
-    # Messages each channel's history keeps for replay; every publisher must agree on it.
+    # Messages each channel's history keeps for replay (at least: Redis trims whole stream
+    # nodes, so up to a node more); every publisher must agree on it.
     "TURBO_HISTORY_MAXLEN": 1000,
     # Seconds a message stays in its channel's history.
     "TURBO_HISTORY_SECONDS": 3600.0,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench import cpushare
 from bench.cluster import PLAN, row_name
+from bench.script_cost import rows
 from tests.redis_topologies import skip_unless_redis_7
 from tests.support import ROOT
 
@@ -132,3 +133,16 @@ def test_the_cluster_workload_measures_each_deployment_and_the_report_renders_it
     report = _report(tmp_path)
     assert "| publish cluster-3 turbocast |" in report
     assert "| fan-out delivered/s, classic ÷ sharded, 3 shards |" in report
+
+
+def test_the_script_cost_tool_measures_every_row_against_the_bare_publish():
+    skip_unless_redis_7()
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.script_cost", "--rounds", "1", "--seconds", "1"],
+        cwd=ROOT, check=True, timeout=300, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    lines = {line.split(" | ")[0]: line for line in out.splitlines() if line.startswith("| ")}
+    for row in rows():
+        assert f"| {row.name}" in lines, row.name
+    assert "| shipped | spread |" in out and "| shipped | hot |" in out  # the split by command
+    assert "not 2bec92c's script" not in out

@@ -35,7 +35,8 @@ def _publish(history: History, key: str, channel: str, count: int) -> list[str]:
 
 
 def test_from_start_after_more_than_the_history_holds_is_a_gap(history, key, channel):
-    # The page rendered while its channel was empty ("0-0"), then 15 came; 10 are kept.
+    # The page rendered while its channel was empty ("0-0"), then 15 came: more than
+    # the 10 it replays.
     ids = _publish(history, key, channel, MAXLEN + 5)
 
     entries, gap = history.since(key, START)
@@ -65,11 +66,15 @@ def test_a_reader_within_the_bound_gets_the_rest_and_no_gap(history, key, channe
     assert (gap, [i for i, *_ in entries]) == (False, ids[3:])
 
 
-def test_a_reader_whose_own_entry_was_trimmed_gets_a_gap_to_be_safe(history, key, channel):
-    # Only "mine" went, but Redis keeps no record of which ids trimming took: the
-    # reader cannot tell this from losing more, and is told to refresh.
+def test_a_reader_whose_own_entry_was_trimmed_gets_a_gap_to_be_safe(
+    history, key, channel, redis_client
+):
+    # Only "mine" went (trimming by age takes entries one by one), but Redis keeps no
+    # record of which ids trimming took: the reader cannot tell this from losing more,
+    # and is told to refresh.
     [mine] = _publish(history, key, channel, 1)
     after = _publish(history, key, channel, MAXLEN)
+    redis_client.xtrim(key, minid=after[0], approximate=False)
 
     entries, gap = history.since(key, mine)
 
@@ -117,3 +122,60 @@ def test_a_real_position_in_a_history_begun_afresh_is_a_gap(history, key, channe
     entries, gap = history.since(key, mine)
 
     assert (gap, [i for i, *_ in entries]) == (True, [fresh])
+
+
+def _node_entries(redis_client: redis.Redis) -> int:
+    """The most entries a stream node holds (trimming by count drops whole nodes)."""
+    most = int(redis_client.config_get("stream-node-max-entries")["stream-node-max-entries"])
+    if most < 1:
+        pytest.skip("stream-node-max-entries is 0 here: nodes are bounded by bytes only")
+    return most
+
+
+def test_a_reader_that_missed_more_than_maxlen_gets_a_gap_while_the_history_holds_them(
+    history, key, channel, redis_client
+):
+    # Trimming by count drops whole stream nodes: 15 short messages are still held.
+    ids = _publish(history, key, channel, MAXLEN + 5)
+    assert redis_client.xlen(key) == MAXLEN + 5
+
+    entries, gap = history.since(key, ids[0])
+    # The gap carries the newest id: the socket's cursor goes past everything replayed.
+    assert (gap, [i for i, *_ in entries]) == (True, ids[-MAXLEN:])
+    entries, gap = history.since(key, ids[4])  # exactly maxlen after it
+    assert (gap, [i for i, *_ in entries]) == (False, ids[5:])
+
+
+def test_past_its_maxlen_a_history_keeps_at_least_maxlen_and_less_than_a_node_more(
+    history, key, channel, redis_client
+):
+    node = _node_entries(redis_client)
+    ids = _publish(history, key, channel, MAXLEN + 3 * node)
+
+    kept = [i.decode() for i, _ in redis_client.xrange(key)]
+
+    assert MAXLEN <= len(kept) < MAXLEN + node
+    assert kept == ids[-len(kept) :]
+    assert history.since(key, START)[1] is True  # trimmed: a page from before it refreshes
+
+
+def test_where_a_trimmed_node_ends_only_readers_in_it_or_too_far_behind_get_a_gap(
+    history, key, channel, redis_client
+):
+    # Publish until Redis first drops a node, then read from every position around it.
+    limit = MAXLEN + _node_entries(redis_client) + 1
+    ids: list[str] = []
+    while redis_client.xlen(key) == len(ids):
+        assert len(ids) < limit, "no node was trimmed"
+        ids += _publish(history, key, channel, 1)
+    kept = [i.decode() for i, _ in redis_client.xrange(key)]
+    assert kept == ids[-len(kept) :] and len(kept) >= MAXLEN
+    trimmed = ids[: -len(kept)]
+
+    # The newest trimmed entry: everything after it is held, yet its own is gone.
+    entries, gap = history.since(key, trimmed[-1])
+    assert (gap, [i for i, *_ in entries]) == (True, kept[-MAXLEN:])
+    for index, position in enumerate(kept):
+        after = kept[index + 1 :]
+        entries, gap = history.since(key, position)
+        assert (gap, [i for i, *_ in entries]) == (len(after) > MAXLEN, after[-MAXLEN:]), position

@@ -40,6 +40,12 @@ class FakeInfoPipeline(FakePipeline):
             return self
         return super().xrange(name, min=min, max=max, count=count)
 
+    def xrevrange(self, name: str, max: str = "+", min: str = "-", count: int | None = None):
+        if name in self.client.wrong_type:
+            self.queued.append(lambda: redis.ResponseError("WRONGTYPE not a stream"))
+            return self
+        return super().xrevrange(name, max=max, min=min, count=count)
+
     def execute(self, raise_on_error: bool = True) -> list[object]:
         results = super().execute()
         errors = [r for r in results if isinstance(r, Exception)]
@@ -405,6 +411,26 @@ def test_since_on_a_redis_before_7_goes_by_the_readers_own_entry(
         client.trim(KEY, 1)
 
     assert history.since(KEY, position)[1] is gap
+
+
+def test_since_more_than_maxlen_after_the_position_is_a_gap_with_the_newest_maxlen(client):
+    # Trimming by whole nodes may keep more than maxlen; replay never gives more.
+    history = History(client, maxlen=3)  # type: ignore[arg-type]
+    client.add(KEY, "1700-0", "1700-1", "1700-2", "1700-3", "1700-4")
+
+    entries, gap = history.since(KEY, "1700-0")
+
+    assert ([i for i, *_ in entries], gap) == (["1700-2", "1700-3", "1700-4"], True)
+    assert history.since(KEY, START)[1] is True
+
+
+def test_since_exactly_maxlen_after_the_position_is_no_gap(client):
+    history = History(client, maxlen=3)  # type: ignore[arg-type]
+    client.add(KEY, "1700-0", "1700-1", "1700-2", "1700-3")
+
+    entries, gap = history.since(KEY, "1700-0")
+
+    assert ([i for i, *_ in entries], gap) == (["1700-1", "1700-2", "1700-3"], False)
 
 
 def test_since_reports_an_error_other_than_a_missing_key(client, history):

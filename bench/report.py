@@ -163,6 +163,19 @@ def table(runs: list[dict[str, Any]]) -> list[str]:
             f"{both(runs, 'W6', name, 'p99_ms', 2)} | {both(runs, 'W6', name, 'received', 0)} |"
         )
     lines += library_tables(runs)
+    lines += script_cost_tables(runs)
+    return lines
+
+
+def script_cost_tables(runs: list[dict[str, Any]]) -> list[str]:
+    """W11: each run's tables of the history script's cost, as bench/script_cost.py prints
+    them."""
+    lines: list[str] = []
+    for i, r in enumerate(runs, 1):
+        tables = get(r, "W11", "turbocast-threads").get("tables")
+        if tables:
+            lines += ["", f"W11 the history script's cost to Redis, run {i} "
+                      "(`python -m bench.script_cost` on its own):", "", *tables]  # fmt: skip
     return lines
 
 

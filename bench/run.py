@@ -516,6 +516,19 @@ def w10(target: Target, quick: bool) -> dict[str, Any]:
     return _library_workload("bench.publish_cost", quick)
 
 
+def w11(target: Target, quick: bool) -> dict[str, Any]:
+    """W11 the history script's cost to Redis against a bare PUBLISH, and its variants.
+
+    No web server: bench/script_cost.py against its own Redis 7; its tables as it prints
+    them (``quick``: one round).
+    """
+    if target.kind != "turbocast":
+        return {"skipped": "turbocast only: the script is turbocast's"}
+    argv = [PY, "-m", "bench.script_cost", *(["--rounds", "1", "--seconds", "1"] if quick else [])]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+    return {"tables": proc.stdout.strip().splitlines()}
+
+
 def _library_workload(module: str, quick: bool) -> dict[str, Any]:
     """Run a workload that measures the library against Redis on its own; its JSON."""
     argv = [PY, "-m", module, "--json", *(["--quick"] if quick else [])]
@@ -544,6 +557,7 @@ WORKLOADS = {
     "W8": w8,
     "W9": w9,
     "W10": w10,
+    "W11": w11,
 }
 DEFAULT_TARGETS = ["turbocast-threads", "turbocast-gevent", "floor", "socketio-threads"]
 # Memory is where the serving mode matters most: both peers' modes too. W6 is turbocast's own.
@@ -555,6 +569,7 @@ WORKLOAD_TARGETS = {
     "W8": ["turbocast-threads"],
     "W9": ["turbocast-threads"],
     "W10": ["turbocast-threads"],
+    "W11": ["turbocast-threads"],
     # Both modes of both peers at saturation.
     "W2": [*DEFAULT_TARGETS, "socketio-gevent"],
 }

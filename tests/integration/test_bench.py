@@ -135,14 +135,13 @@ def test_the_cluster_workload_measures_each_deployment_and_the_report_renders_it
     assert "| fan-out delivered/s, classic ÷ sharded, 3 shards |" in report
 
 
-def test_the_script_cost_tool_measures_every_row_against_the_bare_publish():
+def test_the_script_cost_workload_measures_every_row_against_the_bare_publish(tmp_path):
     skip_unless_redis_7()
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.script_cost", "--rounds", "1", "--seconds", "1"],
-        cwd=ROOT, check=True, timeout=300, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+    results = _bench(tmp_path, "--quick", "--workloads", "W11")
+    out = "\n".join(results["workloads"]["W11"]["turbocast-threads"]["tables"])
     lines = {line.split(" | ")[0]: line for line in out.splitlines() if line.startswith("| ")}
     for row in rows():
         assert f"| {row.name}" in lines, row.name
     assert "| shipped | spread |" in out and "| shipped | hot |" in out  # the split by command
     assert "not 2bec92c's script" not in out
+    assert "| shipped | spread |" in _report(tmp_path)

@@ -236,8 +236,11 @@ class WebSocket:
         # After the 101 only the frame protocol is kept (not h11's handshake machinery
         # or the request), for as long as the page stays open.
         self._protocol: Connection | None = None
-        # The reader feeds the frame protocol while the writer encodes with it.
-        self._protocol_lock = threading.Lock()
+        # The reader feeds the frame protocol while the writer encodes with it. Not
+        # under gevent: neither switches inside a call on it (no I/O there).
+        self._protocol_lock: AbstractContextManager[object] = (
+            _NO_LOCK if self.gevent else threading.Lock()
+        )
         # Around each call on a TLS socket's SSL object, with a reader thread (see
         # above); a TLS reader greenlet never switches inside one.
         self._tls_lock: AbstractContextManager[object] = (

@@ -376,7 +376,8 @@ def websocket_endpoint() -> Response:
         # gunicorn -k gevent: the socket goes on in a lean greenlet of its own.
         lean = handoff.lean_environ(request.environ)
         if lean is not None:
-            held.callback(handoff.discard, lean)
+            # (Its socket only: a handed-off socket keeps none of its headers.)
+            held.callback(lean["gunicorn.socket"].close)
         try:
             ws = WebSocket(
                 lean or request.environ,
@@ -406,19 +407,21 @@ def websocket_endpoint() -> Response:
         # From here the writer owns the socket's slot and subscription, and ends them.
         life = held.pop_all()
         metrics.socket_opened(ws.transport)
+    # What the writer keeps of the admission, for as long as the page is open.
+    sid, socket_id = admission.sid, admission.socket_id
 
     def serve() -> None:
         try:
             with life:
                 try:
-                    reason = ws.serve(replay, socket_id=admission.socket_id)
+                    reason = ws.serve(replay, socket_id=socket_id)
                 except Exception:  # noqa: BLE001 - logged; the socket is closed with 1011
                     logger.exception("socket writer failed")
                     ws.abort(CLOSE_INTERNAL_ERROR, "internal error")
                     outbox.close(CLOSE_INTERNAL_ERROR, "internal error")
                     reason = "internal error"
                 # No close was asked for, yet the writer stopped: it gave up on the peer.
-                _log_closed(admission.sid, outbox, reason, gave_up=outbox.closing is None)
+                _log_closed(sid, outbox, reason, gave_up=outbox.closing is None)
         finally:
             _count_closed(ws.transport, outbox)  # detached: what it threw away is final
 

@@ -72,14 +72,6 @@ def lean_environ(environ: dict[str, Any]) -> dict[str, Any] | None:
     return lean
 
 
-def discard(environ: dict[str, Any]) -> None:
-    """Close the duplicate socket of a lean environ that was not handed off.
-
-    :param environ: what :func:`lean_environ` returned.
-    """
-    environ["gunicorn.socket"].close()
-
-
 def spawn(run: Callable[[], object]) -> None:
     """Run a socket's writer in a greenlet of its own, started from the hub.
 

@@ -43,7 +43,7 @@ def test_a_gevent_socket_is_duplicated_with_only_the_headers():
         assert b.recv(64) == b"still here"
     finally:
         if lean is not None:
-            handoff.discard(lean)
+            lean["gunicorn.socket"].close()
         b.close()
     assert lean["gunicorn.socket"].fileno() == -1
 

@@ -489,3 +489,107 @@ def test_a_message_deflating_cannot_shrink_goes_as_it_is():
     from turbocast.outbox import deflate_text_frame, encode_text_frame
 
     assert deflate_text_frame(b"7") == encode_text_frame(b"7")
+
+
+# -- under gevent: a list and gevent's Event instead of gevent's queue ---------------------
+
+
+@pytest.fixture
+def green(monkeypatch):
+    """Outboxes made as under gevent's monkey-patching (this process is not patched)."""
+    import turbocast.outbox
+
+    monkeypatch.setattr(turbocast.outbox, "_gevent_patched", lambda: True)
+
+
+def _green_writer(outbox: Outbox) -> Any:
+    import gevent
+
+    writer = gevent.spawn(outbox.drain, None)
+    gevent.sleep(0)  # it runs until it waits
+    assert not writer.ready(), "drain(None) must wait while there is no work"
+    return writer
+
+
+@pytest.mark.parametrize(
+    ("act", "expected"),
+    [
+        (lambda o: o.put(msg(b"frame")), ([], [b"frame"], None)),
+        (lambda o: o.put_control("ping"), (["ping"], [], None)),
+        (lambda o: o.beat(), ([HEARTBEAT], [], None)),
+        (lambda o: o.close(1001, "going away"), ([], [], Closing(1001, "going away"))),
+    ],
+    ids=["put", "put_control", "beat", "close"],
+)
+def test_a_green_writer_waiting_in_drain_wakes_on_each_kind_of_work(green, act, expected):
+    outbox = Outbox(1024)
+    writer = _green_writer(outbox)
+
+    act(outbox)
+
+    controls, messages, closing = writer.get(timeout=DEADLINE)
+    assert (controls, [m.html for m in messages], closing) == expected
+
+
+def test_a_green_drain_times_out_empty_and_then_still_wakes(green):
+    outbox = Outbox(1024)
+    assert outbox.drain(0.01) == ([], [], None)
+    writer = _green_writer(outbox)
+
+    outbox.put(msg(b"late"))
+
+    assert [m.html for m in writer.get(timeout=DEADLINE)[1]] == [b"late"]
+    assert outbox.drain(0) == ([], [], None)  # nothing left behind, nothing twice
+
+
+def test_green_put_and_drain_deliver_everything_in_order_through_the_bound(green):
+    import gevent
+
+    outbox = Outbox(20_000)
+    messages = [msg(b"x" * (i * 37 % 2000)) for i in range(5_000)]
+    results: list[bool] = []
+    got: list[Message] = []
+
+    def relay() -> None:
+        for n, m in enumerate(messages):
+            results.append(outbox.put(m))
+            if n % 7 == 0:
+                gevent.sleep(0)  # let the writer in, as the relay does when it waits
+
+    def writer() -> None:
+        while True:
+            _, batch, closing = outbox.drain(None)
+            got.extend(batch)
+            if closing is not None or len(got) == len(messages):
+                return
+            if len(got) >= 1000:
+                gevent.sleep(0.05)  # then the client stalls: the relay overflows it
+
+    gevent.joinall([gevent.spawn(relay), gevent.spawn(writer)], timeout=DEADLINE * 4)
+
+    assert len(results) == len(messages)
+    assert outbox.closing is not None and outbox.closing.code == CLOSE_OUTBOX_OVERFLOW
+    overflow = results.index(False)
+    assert all(results[:overflow]) and not any(results[overflow:])
+    outbox.drain(0)  # what still waited is thrown away and counted
+    queued = messages[: overflow + 1]
+    assert all(g is m for g, m in zip(got, queued, strict=False))
+    assert len(got) + outbox.dropped == len(messages)
+    assert outbox.pending_bytes == 0
+
+
+def test_an_idle_green_outbox_is_a_fraction_of_gevent_queue(green):
+    import tracemalloc
+
+    import gevent.queue
+
+    def size(make: Any) -> float:
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            kept = [make() for _ in range(200)]
+            return (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+        finally:
+            tracemalloc.stop()
+
+    assert size(lambda: Outbox(1024)) < size(gevent.queue.SimpleQueue) / 3

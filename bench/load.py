@@ -36,7 +36,11 @@ class Client:
 
             client = socketio.AsyncClient(reconnection=False)
             client.on("turbo", self.on_message)
-            await client.connect(f"{self.url}?room={self.sid}", transports=["websocket"])
+            # The namespace's answer may take longer than the default second while a
+            # hundred handshakes arrive at once.
+            await client.connect(
+                f"{self.url}?room={self.sid}", transports=["websocket"], wait_timeout=60
+            )
             self.conn = client
             return
         from websockets.asyncio.client import connect

@@ -199,8 +199,8 @@ def saturation_table(runs: list[dict[str, Any]]) -> list[str]:
         "floor and Flask-SocketIO (same serving mode) of the same run.",
         "",
         "| target | light (W1) | saturated (W2) | saturated ÷ floor's | saturated ÷ "
-        "Flask-SocketIO's | limit (W2) | loss (W2) |",
-        "|---|---|---|---|---|---|---|",
+        "Flask-SocketIO's | limit (W2) | loss (W2) | publisher CPU µs / msg (W2) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in targets(runs, "W2"):
         peer = "socketio-gevent" if name.endswith("gevent") else "socketio-threads"
@@ -209,7 +209,8 @@ def saturation_table(runs: list[dict[str, Any]]) -> list[str]:
             f"{both(runs, 'W2', name, 'cpu_us_per_msg')} | "
             f"{ratio(runs, 'W2', name, 'floor', 'cpu_us_per_msg')} | "
             f"{ratio(runs, 'W2', name, peer, 'cpu_us_per_msg')} | "
-            f"{both(runs, 'W2', name, 'limit')} | {both(runs, 'W2', name, 'loss', 0)} |"
+            f"{both(runs, 'W2', name, 'limit')} | {both(runs, 'W2', name, 'loss', 0)} | "
+            f"{both(runs, 'W2', name, 'publisher_us_per_msg')} |"
         )
     return lines
 

@@ -358,6 +358,7 @@ def w2(target: Target, quick: bool) -> dict[str, Any]:
         if share is not None:
             share.remove()
     r["batch"] = BATCH
+    r["publisher_us_per_msg"] = r["published"].get("cpu_us_per_msg")
     r["server_share"] = share.share if share is not None else None
     r["delivered_per_s"] = r["received"] / r["seconds"] if r["seconds"] else None
     # What one whole core of the server would deliver at this CPU per message.

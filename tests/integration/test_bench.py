@@ -75,6 +75,7 @@ def test_w2_publishes_in_batches_to_a_capped_server_for_each_kind_with_no_loss(t
         assert (w2["loss"], w2["batch"]) == (0, 100)
         assert w2["received"] == w2["expected"] > 0
         assert w2["limit"] in {"server", "load"}
+        assert w2["publisher_us_per_msg"] > 0
         if capped is not None:  # the server was capped, and the kernel counted its periods
             assert w2["server_share"] == 0.25
             assert w2["throttled"] is not None

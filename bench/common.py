@@ -25,7 +25,7 @@ def library_cli(
     (``--json``, as ``make bench`` records it)."""
     parser = argparse.ArgumentParser(description=doc)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--quick", action="store_true", help="accepted; the run is short")
+    parser.add_argument("--quick", action="store_true", help="ignored: the run is short anyway")
     as_json = parser.parse_args().json
     result = results()
     print(json.dumps(result) if as_json else "\n".join(table(result)))

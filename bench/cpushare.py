@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import time
 from pathlib import Path
 
 V2_ROOT = Path("/sys/fs/cgroup")
@@ -58,9 +60,27 @@ class CpuShare:
         return int(stat.get("nr_periods", 0)), int(stat.get("nr_throttled", 0))
 
     def remove(self) -> None:
-        """Delete the cgroup (its processes must have exited)."""
+        """Kill what is left in the cgroup (a server's orphaned workers), then delete it.
+
+        :raises OSError: when the cgroup cannot be deleted.
+        """
         with contextlib.suppress(OSError):
-            self.directory.rmdir()
+            self.lift()
+        deadline = time.monotonic() + 10
+        while self.directory.exists():
+            try:
+                pids = [int(p) for p in (self.directory / "cgroup.procs").read_text().split()]
+            except OSError:
+                pids = []
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            try:
+                self.directory.rmdir()
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)  # the killed processes are reaped by their parents
 
 
 def make(name: str, share: float) -> CpuShare | None:
@@ -76,6 +96,7 @@ def make(name: str, share: float) -> CpuShare | None:
         made.cap()  # can it be capped at all?
         made.lift()
     except OSError:
-        made.remove()
+        with contextlib.suppress(OSError):
+            directory.rmdir()
         return None
     return made

@@ -73,6 +73,9 @@ BATCH = 100
 #: The share of its core each server gets in W2: small enough that the load core
 #: (Redis, the publisher, the load generator) outpaces every target's server.
 SERVER_SHARE = 0.25
+#: In how many of the window's quota periods a capped server must have used up its
+#: share for its run to count as saturated.
+SATURATED = 0.8
 
 TARGETS = {
     "turbocast-threads": Target(
@@ -265,18 +268,20 @@ def measured(
     time.sleep(0.5)  # let connection set-up CPU settle before the window opens
     cpu0, load_cpu0, t0 = cpu_seconds(servers.pids), load.cpu, time.monotonic()
     redis_cpu0 = cpu_seconds([redis_pid(redis)])
+    periods = throttled = 0
     if share:
         share.cap()
-    periods0 = share.periods() if share else (0, 0)
-    summary, pub_cpu = publish(target.kind, redis.url, pub_spec)
-    done = load.wait_done()
-    wall = time.monotonic() - t0
-    server_cpu = cpu_seconds(servers.pids) - cpu0
-    periods, throttled = (
-        (a - b for a, b in zip(share.periods(), periods0, strict=True)) if share else (0, 0)
-    )
-    if share:
-        share.lift()
+        periods, throttled = share.periods()
+    try:
+        summary, pub_cpu = publish(target.kind, redis.url, pub_spec)
+        done = load.wait_done()
+        wall = time.monotonic() - t0
+        server_cpu = cpu_seconds(servers.pids) - cpu0
+    finally:
+        if share:
+            periods_now, throttled_now = share.periods()
+            periods, throttled = periods_now - periods, throttled_now - throttled
+            share.lift()
     load_cpu = load.cpu
     result = load.finish()
     assert done
@@ -349,7 +354,8 @@ def w2(target: Target, quick: bool) -> dict[str, Any]:
     the pace. ``throttled`` is the share of the window's quota periods in which the
     kernel held the server back for its quota: near 1, the server was the limit
     (``limit: server``); below ``SATURATED``, the load side was, and the CPU per message
-    is not a saturation figure (``limit: load``; also where no cgroup could be made).
+    is not a saturation figure (``limit: load``). Where no cgroup can be made (not root, no
+    CPU controller) the server runs uncapped (``limit: uncapped``).
     """
     share = cpushare.make(f"turbocast-bench-{os.getpid()}", SERVER_SHARE)
     try:
@@ -360,16 +366,15 @@ def w2(target: Target, quick: bool) -> dict[str, Any]:
     r["batch"] = BATCH
     r["publisher_us_per_msg"] = r["published"].get("cpu_us_per_msg")
     r["server_share"] = share.share if share is not None else None
+    r["cgroup"] = str(share.directory) if share is not None else None
     r["delivered_per_s"] = r["received"] / r["seconds"] if r["seconds"] else None
     # What one whole core of the server would deliver at this CPU per message.
     r["per_core_per_s"] = 1e6 / r["cpu_us_per_msg"] if r["cpu_us_per_msg"] else None
-    r["limit"] = "server" if (r["throttled"] or 0) >= SATURATED else "load"
+    if share is None:
+        r["limit"] = "uncapped"
+    else:
+        r["limit"] = "server" if (r["throttled"] or 0) >= SATURATED else "load"
     return r
-
-
-#: In how many of the window's quota periods a capped server must have used up its
-#: share for its run to count as saturated.
-SATURATED = 0.8
 
 
 def w3(target: Target, quick: bool) -> dict[str, Any]:

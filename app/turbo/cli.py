@@ -247,7 +247,8 @@ def history_command(audience: str, since: str, limit: int) -> None:
     for line in format_history(entries[-limit:]):
         click.echo(line)
     shown = min(limit, len(entries))
-    click.echo(f"({shown} of {len(entries)} entries{'; older ones may be gone' if gap else ''})")
+    note = "; older ones are gone or past what one replay brings" if gap else ""
+    click.echo(f"({shown} of {len(entries)} entries{note})")
 
 
 def format_history(entries: list[Entry]) -> list[str]:

@@ -181,8 +181,9 @@ class History:
     """Reads and writes channel histories.
 
     :param client: the Redis client.
-    :param maxlen: how many messages each channel keeps for replay: at least these, and
-        less than one stream node more (Redis trims whole nodes; a node holds at most
+    :param maxlen: how many messages each channel keeps for replay: trimming by count
+        leaves at least these (trimming by age may leave fewer), and less than one stream
+        node more (Redis trims whole nodes; a node holds at most
         ``stream-node-max-entries`` messages, 100 by default, and
         ``stream-node-max-bytes``, 4 KB). A reader that missed more than ``maxlen``
         messages gets a gap, however many the history still holds.

@@ -371,7 +371,8 @@ class Listener:
 
         :param lost_at: when the connection was lost (ms since the epoch, this host's clock).
         """
-        if self._history is None:
+        history = self._history
+        if history is None:
             return
         run_id = self._redis_run_id()
         restarted = run_id is not None and self._run_id is not None and run_id != self._run_id
@@ -386,9 +387,16 @@ class Listener:
         for channel, (entries, gap) in zip(channels, self._read_histories(reads), strict=True):
             last = self._last.get(channel)
             label = self._label(channel)
-            # A restarted Redis has lost its history: what it holds now is all there is.
-            if gap and last is not None and not restarted:
-                newest = entries[-1][0] if entries else format_id(last)
+            # A gap where nothing was delivered yet (its position is a time, never an id)
+            # or after a restart (what Redis holds now is all there is) is no loss, unless
+            # the replay was cut at maxlen: more came than one brings, so a refresh too.
+            cut = len(entries) >= history.maxlen
+            if gap and (cut or (last is not None and not restarted)):
+                if entries:
+                    newest = entries[-1][0]
+                else:  # (a cut replay has entries: this is a channel delivered before)
+                    assert last is not None
+                    newest = format_id(last)
                 missed.append(Message(channel, label, newest, REFRESH_HTML, gap=True))
                 continue
             missed += [

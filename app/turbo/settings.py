@@ -60,8 +60,9 @@ DEFAULTS: dict[str, Any] = {
     "TURBO_MAX_SOCKETS_PER_SESSION": 16,
     # Named streams one socket may ask for.
     "TURBO_MAX_STREAMS_PER_SOCKET": 32,
-    # Messages each channel's history keeps for replay (at least: Redis trims whole stream
-    # nodes, so up to a node more); every publisher must agree on it.
+    # Messages each channel's history keeps for replay (trimming by count never leaves
+    # fewer: Redis trims whole stream nodes, so up to a node more; trimming by age may);
+    # every publisher must agree on it.
     "TURBO_HISTORY_MAXLEN": 1000,
     # Seconds a message stays in its channel's history.
     "TURBO_HISTORY_SECONDS": 3600.0,

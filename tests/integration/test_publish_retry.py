@@ -17,6 +17,7 @@ from markupsafe import Markup
 from tests.support import numsub, wait_for
 from turbocast import Publisher, PublishError, TurboStream, stream_channel
 from turbocast.channels import history_key
+from turbocast.history import History
 
 
 @pytest.fixture
@@ -101,6 +102,25 @@ def test_a_retry_after_a_lost_reply_finds_the_first_attempt_and_sends_nothing_tw
     received = _received_until(listener, b"marker")
     assert [m.partition(b" ")[2] for m in received[:-1]] == [b"<p>once</p>"]
     assert received[0].startswith(first_id.encode() + b";t=")
+
+
+def test_a_retry_finds_its_first_attempt_behind_more_than_maxlen_other_entries(redis_client, name):
+    # Other publishers' messages since the retry's window began: more than maxlen, all
+    # still held (trimming by count drops whole stream nodes).
+    history = History(redis_client, maxlen=10)
+    key, channel = history_key(stream_channel(name)), stream_channel(name)
+    started_ms = int(time.time() * 1000)
+    for n in range(15):
+        history.publish(key, channel, f"<p>other {n}</p>".encode(), token=os.urandom(16))
+    token = os.urandom(16)
+    first_id, _ = history.publish(key, channel, b"<p>mine</p>", token=token)  # reply "lost"
+
+    retry_id, _ = history.publish(
+        key, channel, b"<p>mine</p>", token=token, retry_from_ms=started_ms - 10_000
+    )
+
+    assert retry_id == first_id
+    assert redis_client.xlen(key) == 16  # nothing twice
 
 
 def test_a_publisher_whose_reply_was_lost_publishes_once(

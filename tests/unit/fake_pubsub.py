@@ -203,6 +203,7 @@ class FakeHistory:
         publish time in µs)`` as History returns it (what is left out is ``None``).
     :param fail: the exception to raise for a call (given the key), or ``None``: answer.
     :param on_call: called at each call (to note what the test wants to know then).
+    :param maxlen: the most entries one read brings (a longer answer is a cut replay).
     """
 
     def __init__(
@@ -211,7 +212,9 @@ class FakeHistory:
         *,
         fail: Callable[[str], BaseException | None] = lambda key: None,
         on_call: Callable[[], object] = lambda: None,
+        maxlen: int = 1000,
     ) -> None:
+        self.maxlen = maxlen
         self.answers = {
             key: ([(*e, *(None,) * (5 - len(e))) for e in entries], gap)
             for key, (entries, gap) in (answers or {}).items()

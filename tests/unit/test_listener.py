@@ -758,6 +758,33 @@ def test_a_channel_with_nothing_delivered_gets_the_entries_even_when_a_gap_is_re
     assert [(m.id, m.gap) for m in registry.delivered] == [(tid(1), False), (tid(2), False)]
 
 
+def test_a_replay_cut_at_maxlen_refreshes_where_nothing_was_delivered_or_redis_restarted():
+    # More came during the outage than a replay brings: the newest maxlen are not all.
+    server = {"run_id": "before-restart"}
+    first = FakePubSub(
+        published(CHAT, tid(0), b"<a>"),
+        lambda: server.update(run_id="after-restart"),
+        LOST,
+    )
+    cut = ([(tid(5), b"<x>"), (tid(8), b"<y>")], True)
+    history = FakeHistory({CHAT_HISTORY: cut, NEWS_HISTORY: cut}, maxlen=2)
+    listener, registry, _ = make_listener(
+        first,
+        FakePubSub(),
+        registry=FakeRegistry(CHAT, NEWS),
+        history=history,
+        run_id=lambda: server["run_id"],
+    )
+
+    run_until_done(listener)
+
+    assert [(m.channel, m.id, m.html, m.gap) for m in registry.delivered] == [
+        (b(CHAT), tid(0), b"<a>", False),
+        (b(NEWS), tid(8), REFRESH_HTML, True),  # nothing delivered before, yet cut
+        (b(CHAT), tid(8), REFRESH_HTML, True),  # restarted, yet cut
+    ]
+
+
 def test_without_history_a_reconnect_only_resumes_live_delivery():
     first = FakePubSub(published(CHAT, tid(0), b"<a>"), LOST)
     second = FakePubSub(published(CHAT, tid(9), b"<live>"))

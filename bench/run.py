@@ -367,7 +367,7 @@ def w2(target: Target, quick: bool) -> dict[str, Any]:
     r["publisher_us_per_msg"] = r["published"].get("cpu_us_per_msg")
     r["server_share"] = share.share if share is not None else None
     r["cgroup"] = str(share.directory) if share is not None else None
-    r["delivered_per_s"] = r["received"] / r["seconds"] if r["seconds"] else None
+    # (Not received ÷ the first-to-last window: a capped server delivers in bursts.)
     # What one whole core of the server would deliver at this CPU per message.
     r["per_core_per_s"] = 1e6 / r["cpu_us_per_msg"] if r["cpu_us_per_msg"] else None
     if share is None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import redis
 
+from app.embedded_redis import free_port
 from tests.redis_topologies import RedisClusterServer
 from tests.support import ManagedProcess, wait_for
 
@@ -193,7 +194,8 @@ class NamespacedRedis(ManagedProcess):
 
     host: Host
     executable: str
-    port: int = 6379  # the host's own namespace: nothing else listens there
+    # A port free here is free in the host's own namespace too (nothing else runs there).
+    port: int = field(default_factory=free_port)
 
     @property
     def url(self) -> str:

@@ -7,11 +7,14 @@ when one socket is; see :mod:`turbocast.message`). ``t`` is the publisher's own
 wall-clock time of the publish, in microseconds since the epoch (a retry keeps the
 first attempt's); the history entry keeps it too (field ``t``). Many messages go in
 one round trip too (:meth:`History.publish_many`: the same script for each,
-pipelined). Every message gets the stream entry's id (``<ms>-<seq>``). The script
-picks it from a clock key shared by every channel of the prefix, so ids follow
-publish order across channels too: a replay that merges several channels sorts by
-id. A socket that connects or comes back with a position (the last id it has) gets
-what came after it from the history, then the live messages, with nothing twice.
+pipelined). Every message gets the stream entry's id (``<ms>-<seq>``). On one server
+the script picks it from a clock key shared by every channel of the prefix, so ids
+follow publish order across channels too: a replay that merges several channels sorts
+by id. On a Redis Cluster (no key spans shards) each channel's ids follow its shard's
+clock. Trimming by count leaves at least ``maxlen`` messages (it drops whole stream
+nodes), trimming by age none older than ``max_age``; a replay gives at most ``maxlen``. A
+socket that connects or comes back with a position (the last id it has) gets what came
+after it from the history, then the live messages, with nothing twice.
 """
 
 from __future__ import annotations
@@ -45,9 +48,9 @@ START = "0-0"
 # refuses it; XADD '*' then takes the next id above the top, and the clock moves up
 # to that. Without one, XADD '*' orders the channel's ids by itself, and the new id's
 # ms is the time (no TIME call).
-# What it costs Redis (bench/script_cost.py) is mostly the script itself: about 3 µs to
-# run one at all and 1 µs a redis.call(), against 4 to 7 µs for the commands' own work;
-# hence no call more than needed (no TIME on a cluster). Trimming by count is
+# What it costs Redis is mostly the script itself: running one at all, then each
+# redis.call(), more than the commands' own work (bench/script_cost.py, the figures in
+# bench/NOTES.md); hence no call more than needed (no TIME on a cluster). Trimming by count is
 # approximate ('~': Redis drops only whole stream nodes, so a history keeps at least
 # maxlen entries and less than one node more), which spares a channel at its maxlen the
 # rewrite of a node on every publish; by age it is exact, as max_age promises. The retry

@@ -84,9 +84,9 @@ class Publisher:
     :param prefix: the channel namespace (``TURBO_CHANNEL_PREFIX``).
     :param max_message_bytes: the largest message accepted, in bytes of UTF-8.
     :param history_maxlen: how many messages each channel's history keeps for replay,
-        as trimming by count leaves them (see :class:`~turbocast.history.History`;
-        ``TURBO_HISTORY_MAXLEN``);
-        every publisher of an app must agree on it.
+        at least, as trimming by count leaves them (see
+        :class:`~turbocast.history.History`; ``TURBO_HISTORY_MAXLEN``); every publisher
+        of an app must agree on it.
     :param history_seconds: how long a message stays in the history
         (``TURBO_HISTORY_SECONDS``).
     :param timeout: seconds to wait for Redis to accept a connection, and then for each

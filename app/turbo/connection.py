@@ -1,13 +1,16 @@
-"""One browser's WebSocket, held on wsproto's public API, with exactly one writer.
+"""One browser's WebSocket, held on wsproto's public API, one writer at a time.
 
 Who does what, for one socket:
 
 - **The handler** (the request's thread; under gunicorn's gevent worker the lean
   greenlet it is handed to, see :mod:`turbocast.handoff`) builds a
   :class:`WebSocket` from the upgrade request (nothing is sent yet), sends the 101
-  with :meth:`~WebSocket.accept`, and from then on is the socket's one
+  with :meth:`~WebSocket.accept`, and from then on is the socket's
   **writer** (:meth:`~WebSocket.serve`): messages, pongs, the close echo and the
-  heartbeat's pings all go out from it, in order.
+  heartbeat's pings all go out from it, in order. A plain socket in threads mode
+  lets the relay write a message itself while the writer is idle and nothing
+  waits (:meth:`~turbocast.outbox.Outbox.write_now`): no thread to wake. Whoever
+  writes holds the outbox's write turn.
 - **A reader** only reads: the process's shared reader (:mod:`turbocast.readers`:
   epoll over every plain socket) in threads mode; under gevent, a read watcher
   of gevent's own loop per socket; a reader of its own for a TLS socket (a
@@ -71,7 +74,7 @@ from .control import CLOSE_SIGNED_OUT as CLOSE_SIGNED_OUT
 from .errors import HandshakeError
 from .handoff import is_gevent_socket, is_tls_socket
 from .message import SUBPROTOCOL, Cursor, Message, identity_frame
-from .outbox import HEARTBEAT, Outbox
+from .outbox import HEARTBEAT, Closing, Outbox
 from .readers import readers
 
 logger = logging.getLogger("turbocast.socket")
@@ -190,7 +193,7 @@ def _wait_for(fd: int, events: int, timeout: float | None) -> bool:
 
 
 class WebSocket:
-    """A server-side WebSocket whose writer is the only one to send on it.
+    """A server-side WebSocket whose writer sends on it (the relay too, in the writer's idle turns).
 
     :param environ: the WSGI environ of the upgrade request (or handoff's lean one).
     :param outbox: the queue this socket's messages and heartbeats arrive in.
@@ -247,6 +250,7 @@ class WebSocket:
             threading.Lock() if self.tls and not self.gevent else _NO_LOCK
         )
         self._send: Sender = sock.sendall
+        self._cursor = Cursor()  # what the socket was sent, per channel (replay and live)
         self._reader: Any = None  # "shared", a thread or a greenlet once reading
         self._upgraded = False  # the whole 101 went out
         self._close_sent = False
@@ -513,7 +517,7 @@ class WebSocket:
         if not self._closing_down:
             self.outbox.close(None, "peer disconnected")
 
-    # -- writing (the writer only) ---------------------------------------------------------
+    # -- writing (the writer, or the relay in its turn: see _write_now) ------------------------
 
     def _encode(self, event: Event) -> bytes:
         protocol = self._protocol
@@ -539,19 +543,30 @@ class WebSocket:
             if not _wait_for(self.sock.fileno(), wanted, timeout):
                 raise TimeoutError("the peer did not read for send_timeout seconds")
 
-    def _write(self, messages: list[Message], cursor: Cursor, *, replay: bool = False) -> None:
-        tagged = self.tagged
-        admitted = [m for m in messages if cursor.admit(m)]
+    def _frame(self, message: Message) -> bytes:
+        if self.deflate:
+            return message.tagged_deflated_frame if self.tagged else message.plain_deflated_frame
+        return message.tagged_frame if self.tagged else message.plain_frame
+
+    def _write(self, messages: list[Message], *, replay: bool = False) -> None:
+        admitted = [m for m in messages if self._cursor.admit(m)]
         if not admitted:
             return
-        if self.deflate:
-            frames = [m.tagged_deflated_frame if tagged else m.plain_deflated_frame
-                      for m in admitted]  # fmt: skip
-        else:
-            frames = [m.tagged_frame if tagged else m.plain_frame for m in admitted]
+        frames = [self._frame(m) for m in admitted]
         self._send(b"".join(frames) if len(frames) > 1 else frames[0])
         if replay:  # (live messages are counted once per process, by the relay)
             metrics.replayed(admitted)
+
+    def _write_now(self, message: Message) -> bytes:
+        """The relay's write, under the write turn: what the socket takes now; returns the rest."""
+        frame = self._frame(message)
+        if not self._cursor.admit(message):
+            return b""
+        try:
+            sent = self.sock.send(frame, socket.MSG_DONTWAIT)
+        except OSError:  # full (EAGAIN), or gone: the writer's own send finds out which
+            sent = 0
+        return frame[sent:]
 
     def serve(self, replay: list[Message], *, socket_id: str | None = None) -> str:
         """Write until the connection ends, then close it; the writer calls this after accept().
@@ -572,32 +587,27 @@ class WebSocket:
         """
         if self._protocol is None or self._finished:
             raise RuntimeError("serve() follows a successful accept(), once")
-        cursor = Cursor()
-        drain = self.outbox.drain
+        outbox = self.outbox
         try:
             if socket_id is not None and self.tagged:
                 self._send(identity_frame(socket_id))
             if replay:
-                self._write(replay, cursor, replay=True)
+                self._write(replay, replay=True)
                 replay.clear()
+            # Live: a plain socket lets the relay write while the writer waits (no
+            # gevent, TLS or eventlet socket: those wait for the peer, or have no thread).
+            if type(self.sock) is socket.socket and not self.gevent:
+                outbox.write_now(self._write_now)
             while True:
-                controls, messages, closing = drain(None)
-                for event in controls:
-                    if event is HEARTBEAT:
-                        if not self._pong_received:
-                            return "heartbeat timeout: no pong"
-                        self._pong_received = False
-                        event = Ping()
-                    assert isinstance(event, Event)
-                    self._send(self._encode(event))
-                    if isinstance(event, CloseConnection):
-                        self._close_sent = True  # the echo of the client's close
-                if messages:
-                    self._write(messages, cursor)
-                if closing is not None:
-                    if closing.code is not None:
-                        self._send_close(closing.code, closing.reason)
-                    return closing.reason
+                controls, messages, closing = outbox.drain(None)  # with the write turn
+                ended = True  # unless the turn returns with the connection open
+                try:
+                    reason = self._write_turn(outbox.take_rest(), controls, messages, closing)
+                    ended = reason is not None
+                finally:
+                    outbox.end_turn(last=ended)
+                if reason is not None:
+                    return reason
         except (OSError, LocalProtocolError) as exc:
             # SO_SNDTIMEO, gevent's or our own TLS timeout: the peer stopped reading
             # for send_timeout seconds; or it is gone.
@@ -608,9 +618,35 @@ class WebSocket:
         finally:
             self._finish()
 
+    def _write_turn(
+        self, rest: bytes, controls: list[object], messages: list[Message], closing: Closing | None
+    ) -> str | None:
+        """Send what one drain gave, in order; returns why the connection ends, or ``None``."""
+        if rest:
+            self._send(rest)  # the end of a frame the relay began
+        for event in controls:
+            if event is HEARTBEAT:
+                if not self._pong_received:
+                    return "heartbeat timeout: no pong"
+                self._pong_received = False
+                event = Ping()
+            assert isinstance(event, Event)
+            self._send(self._encode(event))
+            if isinstance(event, CloseConnection):
+                self._close_sent = True  # the echo of the client's close
+                self.outbox.stop_writing_now()  # nothing may follow a close frame
+        if messages and not self._close_sent:  # (nothing follows the echo of a close)
+            self._write(messages)
+        if closing is not None:
+            if closing.code is not None:
+                self._send_close(closing.code, closing.reason)
+            return closing.reason
+        return None
+
     def _send_close(self, code: int, reason: str) -> None:
         if self._close_sent:
             return
+        self.outbox.stop_writing_now()  # nothing may follow a close frame
         try:
             self._send(self._encode(CloseConnection(code=code, reason=reason)))
             self._close_sent = True
@@ -645,6 +681,7 @@ class WebSocket:
             return
         self._finished = True
         self._closing_down = True
+        self.outbox.stop_writing_now()  # the relay writes nothing more to this socket
         sock = self.sock
         if not self.tls:
             # FIN after the last frame: the peer answers our close and hangs up. (A

@@ -1,23 +1,41 @@
 """The bounded queue between the relay thread and one socket's writer.
 
 The relay puts messages here (each shared by every socket it goes to, its
-frames encoded once) and never touches a socket; the socket's own handler
-thread drains the queue and is the only thread that writes to that socket.
-A client that stops reading fills its own outbox and nothing else: when the
-bound is passed the outbox drops what it holds and asks the writer to close
-the socket with :data:`CLOSE_OUTBOX_OVERFLOW`. The bound is in bytes, so it
-means "this client is too slow", not "the writer was a little late".
+frames encoded once); the socket's own handler thread drains the queue and
+writes them (or the relay writes them itself: see below). A client that stops
+reading fills its own outbox and nothing else: when the bound is passed the
+outbox drops what it holds and asks the writer to close the socket with
+:data:`CLOSE_OUTBOX_OVERFLOW`. The bound is in bytes, so it means "this client is
+too slow", not "the writer was a little late".
+
+Writing now. In threads mode a writer that waits is a thread to wake, one
+context switch per socket: a broadcast to 1,000 sockets woke 1,000 threads, each
+taking the GIL in turn. So a plain socket's writer, once live, lets the relay
+write itself (:meth:`Outbox.write_now`) when everything put was sent and the
+writer is not writing: the relay hands the message to the socket's write
+function, which sends what the socket takes without waiting (``MSG_DONTWAIT``)
+and leaves the rest of the frame to the writer, which sends it first. Whoever
+writes holds the outbox's write turn, so frames never interleave; the relay only
+tries for it (it never waits for a socket or its writer). The writer counts what
+it took only once it holds the turn, and gives the turn back once that is sent,
+so "all put was taken", seen under the turn, means "all put was sent": nothing
+the relay writes overtakes a message. Under gevent (no thread to wake) and on
+TLS (one SSL object, one writer) the relay never writes.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from .settings import DEFAULTS
+
+logger = logging.getLogger("turbocast.socket")
 
 if TYPE_CHECKING:
     from .message import Message
@@ -154,7 +172,7 @@ _BEAT = _Control(HEARTBEAT)
 
 
 class Outbox:
-    """A queue of messages for one socket, bounded by bytes, drained in batches by its one writer.
+    """A queue of messages for one socket, bounded by bytes, drained in batches by its writer.
 
     Built on :class:`queue.SimpleQueue`: putting is one C call that never blocks
     and wakes the writer only when it waits (under gevent's monkey-patching, on a
@@ -163,15 +181,15 @@ class Outbox:
     about 1 MB by default), not their number: a burst of small messages to a client
     that reads is absorbed, while a client that stops reading passes the bound and
     is closed with :data:`CLOSE_OUTBOX_OVERFLOW`. Two counters, each written by one
-    thread only (the relay adds, the writer takes away), so no lock is needed on the
-    path of every message.
+    thread only (the relay adds, the writer takes away), so queueing takes no lock;
+    the write turn (see the module's doc) is tried only where the relay may write now.
 
     :param max_bytes: how many bytes of messages may wait before the socket is
         closed with :data:`CLOSE_OUTBOX_OVERFLOW`.
     """
 
     __slots__ = ("max_bytes", "_queue", "_put_bytes", "_taken_bytes", "_closing",
-                 "_discard", "_discarded", "_refused")  # fmt: skip
+                 "_discard", "_discarded", "_refused", "_turn", "_write", "_rest")  # fmt: skip
 
     def __init__(self, max_bytes: int) -> None:
         if max_bytes < 1:
@@ -186,9 +204,15 @@ class Outbox:
         self._discard = False  # after an overflow, what still waits is thrown away
         self._discarded = 0  # thrown away after an overflow (written by the writer only)
         self._refused = 0  # refused while closing (written by the relay thread only)
+        # Writing now (see the module's doc): the write turn, the socket's write
+        # function, and what of a frame the relay began the socket did not take.
+        self._turn: threading.RLock | None = None
+        self._write: Callable[[Message], bytes] | None = None
+        self._rest = b""
 
     def put(self, message: Message) -> bool:
-        """Queue one message; ``False`` when the outbox is closing or this message overflowed it.
+        """Queue one message, or write it now; ``False`` when the outbox is closing or this
+        message overflowed it.
 
         Only the relay thread puts messages.
 
@@ -197,6 +221,8 @@ class Outbox:
         if self._closing is not None:
             self._refused += 1
             return False
+        if self._write is not None and self._wrote_now(message):
+            return True
         waiting = self._put_bytes - self._taken_bytes
         self._put_bytes += message.size
         self._queue.put(message)
@@ -206,6 +232,81 @@ class Outbox:
             self.close(CLOSE_OUTBOX_OVERFLOW, "outbox overflow: client too slow")
             return False
         return True
+
+    def _wrote_now(self, message: Message) -> bool:
+        """Write ``message`` on the relay's thread if all put was sent and the writer is idle."""
+        turn = self._turn
+        if self._put_bytes != self._taken_bytes or turn is None or not turn.acquire(False):
+            return False
+        try:
+            # Under the turn, all put was taken means all put was sent (see the module's doc).
+            write = self._write
+            if write is None or self._put_bytes != self._taken_bytes or self._closing is not None:
+                return False
+            try:
+                rest = write(message)
+            except Exception:  # noqa: BLE001 - the relay goes on; the writer takes over
+                logger.exception("the relay could not write to a socket; its writer will")
+                self._write = None
+                return False
+            if rest:  # the socket took part of the frame: the writer sends the rest, first
+                self._rest = rest
+                self._put_bytes += len(rest)
+                self._queue.put(_WAKE)
+            return True
+        finally:
+            turn.release()
+
+    def write_now(self, write: Callable[[Message], bytes]) -> None:
+        """Let the relay write messages itself while nothing waits and the writer is idle.
+
+        From then on :meth:`drain` returns holding the write turn, which the writer gives
+        back with :meth:`end_turn` once it has sent what it took; :meth:`stop_writing_now`
+        ends the relay's writes before the socket closes. For a plain socket in threads
+        mode only.
+
+        :param write: called under the turn with a message; sends what the socket takes
+            without waiting and returns the rest of the frame (``b""``: all of it went,
+            or the socket had it already). If it raises, the relay writes no more and
+            the message is queued.
+        """
+        # Re-entrant: the writer may stop writing now while its turn is held.
+        self._turn = threading.RLock()
+        self._write = write
+
+    def stop_writing_now(self) -> None:
+        """No more writes from the relay; once this returns, none is under way.
+
+        The writer calls it before the socket closes, and once it has sent a close frame
+        (nothing may follow one), holding its turn or not.
+        """
+        turn = self._turn
+        if turn is not None:
+            with turn:
+                self._write = None
+
+    @property
+    def writing_now(self) -> bool:
+        """Whether the relay may write to the socket itself (see :meth:`write_now`)."""
+        return self._write is not None
+
+    def take_rest(self) -> bytes:
+        """What of a frame the relay began the socket did not take; the writer sends it first."""
+        rest, self._rest = self._rest, b""
+        self._taken_bytes += len(rest)
+        return rest
+
+    def end_turn(self, last: bool = False) -> None:
+        """The writer has sent what :meth:`drain` gave it: the relay may write again.
+
+        :param last: the turn ends the writing (a failure, a timeout, a close): the relay
+            writes no more either. What the turn took may be unsent, so nothing may follow.
+        """
+        turn = self._turn
+        if turn is not None:
+            if last:
+                self._write = None
+            turn.release()
 
     @property
     def discarded(self) -> int:
@@ -224,7 +325,7 @@ class Outbox:
 
     @property
     def pending_bytes(self) -> int:
-        """How many bytes of messages wait for the writer."""
+        """How many bytes of messages (and of a frame's rest) wait for the writer."""
         return self._put_bytes - self._taken_bytes
 
     def put_control(self, event: object) -> None:
@@ -268,12 +369,19 @@ class Outbox:
     def drain(self, timeout: float | None) -> tuple[list[object], list[Message], Closing | None]:
         """Wait up to ``timeout`` seconds for work; return everything queued at once.
 
+        After :meth:`write_now` it returns holding the write turn, whatever it returns:
+        the writer sends :meth:`take_rest` first, then what it got, then calls
+        :meth:`end_turn`.
+
         :param timeout: seconds to wait when nothing is queued (``None``: forever).
         :returns: ``(controls, messages, closing)``; empty lists when the wait timed out.
-            Once the outbox is closing, no messages: only the controls still due.
+            Once the outbox is closing, the messages queued before (none after an overflow).
         """
         q = self._queue
         items = q.take(timeout) if isinstance(q, _GreenQueue) else _take_all(q, timeout)
+        if self._turn is not None:
+            # Before what was taken counts as taken: till it is sent, the relay writes nothing.
+            self._turn.acquire()
         closing = self._closing
         messages: list[Message] = [m for m in items if type(m) is not _Control]  # type: ignore[misc]
         controls = [m.event for m in items if type(m) is _Control and m is not _WAKE]

@@ -4,8 +4,9 @@ One relay per web process (see ``TurboState.relay``). Its registry maps each
 channel to the outboxes of the local sockets that listen to it. Its
 :class:`~turbocast.listener.Listener` thread keeps Redis's subscriptions equal
 to the registry's channels and hands every message to :meth:`Relay.deliver`,
-which puts it into the outbox of every socket on that channel; it never writes
-to a socket and never blocks on one. Its :class:`~turbocast.heartbeat.Heartbeat`
+which puts it into the outbox of every socket on that channel (an outbox whose
+writer is idle writes it to its socket at once, without waiting: see
+:mod:`turbocast.outbox`); it never blocks on a socket. Its :class:`~turbocast.heartbeat.Heartbeat`
 thread beats every outbox.
 
 A socket's handler calls :meth:`Relay.attach`, waits for the

@@ -593,3 +593,79 @@ def test_an_idle_green_outbox_is_a_fraction_of_gevent_queue(green):
             tracemalloc.stop()
 
     assert size(lambda: Outbox(1024)) < size(gevent.queue.SimpleQueue) / 3
+
+
+# -- the relay writing now -----------------------------------------------------------------
+
+
+def from_relay(outbox: Outbox, message: Message) -> bool:
+    """``outbox.put(message)`` from a thread, as the relay does (turns are per thread)."""
+    result: list[bool] = []
+    thread = threading.Thread(target=lambda: result.append(outbox.put(message)))
+    thread.start()
+    thread.join(DEADLINE)
+    return result == [True]
+
+
+def test_an_outbox_that_writes_now_writes_while_all_put_was_sent():
+    outbox = Outbox(1 << 20)
+    written: list[Message] = []
+    outbox.write_now(lambda m: written.append(m) or b"")
+    one, two, three = msg(b"1"), msg(b"2"), msg(b"3")
+
+    assert from_relay(outbox, one) and written == [one] and len(outbox) == 0
+
+    assert outbox.drain(0) == ([], [], None)  # the writer's turn: the relay queues
+    assert from_relay(outbox, two) and written == [one]
+    outbox.end_turn()
+    assert from_relay(outbox, three) and written == [one]  # two waits: three must not overtake
+
+    assert outbox.drain(0) == ([], [two, three], None)
+    outbox.end_turn()
+    assert from_relay(outbox, one) and written == [one, one]
+
+
+def test_a_rest_goes_before_anything_else_and_holds_the_relay_back_till_sent():
+    outbox = Outbox(1 << 20)
+    outbox.write_now(lambda m: m.plain_frame[3:])  # the socket took three bytes
+    first, second = msg(b"first"), msg(b"second")
+
+    assert from_relay(outbox, first)
+    assert outbox.pending_bytes == len(first.plain_frame) - 3
+    assert from_relay(outbox, second)  # behind the rest: queued
+
+    assert outbox.drain(0) == ([], [second], None)  # (the wake-up is no control)
+    assert outbox.take_rest() == first.plain_frame[3:]
+    assert outbox.take_rest() == b""
+    outbox.end_turn()
+    assert outbox.pending_bytes == 0
+
+
+def test_a_write_that_fails_leaves_the_relay_running_and_the_message_queued(caplog):
+    outbox = Outbox(1 << 20)
+
+    def broken(message: Message) -> bytes:
+        raise RuntimeError("boom")
+
+    outbox.write_now(broken)
+    one = msg(b"1")
+
+    assert from_relay(outbox, one)
+    assert not outbox.writing_now
+    assert outbox.drain(0) == ([], [one], None)
+    assert "could not write" in caplog.text
+
+
+def test_after_the_last_turn_or_a_stop_the_relay_only_queues():
+    for end in ("last turn", "stop"):
+        outbox = Outbox(1 << 20)
+        written: list[Message] = []
+        outbox.write_now(lambda m, written=written: written.append(m) or b"")
+        if end == "last turn":
+            outbox.drain(0)
+            outbox.end_turn(last=True)
+        else:
+            outbox.stop_writing_now()
+
+        assert from_relay(outbox, msg(b"1"))
+        assert written == [] and len(outbox) == 1, end

@@ -10,11 +10,13 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from itertools import takewhile
 from typing import Any
 
 import pytest
 import trustme
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -41,6 +43,7 @@ from turbocast.outbox import Outbox
 from turbocast.readers import Readers, readers
 
 SEND_TIMEOUT = 5.0
+DEADLINE = 5.0
 
 
 def _message(n: int, html: bytes | None = None) -> Message:
@@ -447,10 +450,180 @@ def test_a_peer_that_stops_reading_is_dropped_after_the_send_timeout():
         client_sock.close()
 
 
+# -- the relay writing now (a plain socket in threads mode) --------------------------------
+
+
+def live(ws: WebSocket, replay: list[Message] | None = None) -> Serving:
+    """serve() in its thread, past its replay: the relay may write now."""
+    serving = Serving(ws, replay)
+    wait_for(lambda: ws.outbox.writing_now, timeout=DEADLINE)
+    return serving
+
+
+def test_an_idle_writer_lets_the_relay_write_without_waking_it(pair):
+    ws, peer = opened(*pair)
+    serving = live(ws, [_message(1)])
+    assert peer.texts(1) == ["<p>1</p>"]
+
+    assert ws.outbox.put(_message(2))
+    # Written by the putting thread: nothing was queued for the writer.
+    assert len(ws.outbox) == 0 and ws.outbox.pending_bytes == 0
+    assert peer.texts(1) == ["<p>2</p>"]
+    assert ws.outbox.put(_message(2)) and ws.outbox.pending_bytes == 0  # had it: not again
+    ws.outbox.put(_message(3))
+    assert peer.texts(1) == ["<p>3</p>"]
+    ws.outbox.close(1000, "done")
+    assert serving.result() == "done"
+
+
+def test_the_relay_queues_while_the_writer_is_writing(pair):
+    ws, peer = opened(*pair)
+    serving = live(ws)
+    ws.outbox.beat()  # the writer takes its turn to ping; the relay waits for nobody
+    ping = peer.next_of(Ping)
+
+    ws.outbox.put(_message(1))  # the writer's turn may still be on: either way, once
+    peer.send(ping.response())
+    assert peer.texts(1) == ["<p>1</p>"]
+    ws.outbox.close(1000, "done")
+    assert serving.result() == "done"
+
+
+def test_a_frame_the_socket_took_part_of_is_finished_by_the_writer_before_anything_else():
+    server_sock, client_sock = socket.socketpair()
+    server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        ws, peer = opened(server_sock, client_sock)
+        serving = live(ws)
+        big = "x" * 300_000
+
+        putting = threading.Thread(
+            target=lambda: [
+                ws.outbox.put(_message(n, (big if n == 1 else f"<p>{n}</p>").encode()))
+                for n in range(1, 4)
+            ],  # fmt: skip
+        )
+        putting.start()
+        putting.join(DEADLINE)  # the relay never waits for the peer to read
+        assert not putting.is_alive()
+        ws.outbox.beat()  # a ping to send: never inside the rest of the first frame
+
+        assert peer.text() == big  # (a ping inside it would fail the parser)
+        assert peer.texts(2) == ["<p>2</p>", "<p>3</p>"]
+        ws.outbox.close(1000, "done")
+        assert serving.result() == "done"
+    finally:
+        server_sock.close()
+        client_sock.close()
+
+
+def test_frames_from_the_relay_and_the_writer_never_interleave_or_overtake():
+    # A slow reader (small buffers) and pings: the relay writes now, leaves rests and
+    # queues while the writer answers pings and catches up, all at once.
+    server_sock, client_sock = socket.socketpair()
+    server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    count = 3000
+    try:
+        ws, peer = opened(server_sock, client_sock, Outbox(1 << 30), max_incoming_rate=10**6)
+        serving = live(ws)
+
+        def relay() -> None:
+            for n in range(count):
+                ws.outbox.put(_message(n, f"<p>{n}</p>{'y' * (n % 7 * 1500)}".encode()))
+
+        putting = threading.Thread(target=relay)
+        putting.start()
+        for n in range(count):
+            if n % 100 == 0:
+                peer.send(Ping(payload=str(n).encode()))  # a pong to answer, from the writer
+            text = peer.text()  # a broken frame would fail the parser
+            assert text.split("</p>")[0] == f"<p>{n}"
+        putting.join(DEADLINE)
+        assert not putting.is_alive()
+        ws.outbox.close(1000, "done")
+        rest = iter(peer.next, None)  # to the close: the last pongs, and nothing twice
+        assert {type(e) for e in takewhile(lambda e: not isinstance(e, CloseConnection), rest)} <= {
+            Pong
+        }
+        assert serving.result() == "done"
+    finally:
+        server_sock.close()
+        client_sock.close()
+
+
+def test_after_a_close_echo_the_relay_writes_nothing(pair):
+    ws, peer = opened(*pair)
+    serving = live(ws)
+
+    # The reader's first step on a client's close (the echo), before it marks the outbox
+    # closing: the relay still puts, and must not write after the close frame.
+    echo = CloseConnection(code=1000, reason="page closed").response()
+    ws.outbox.put_control(echo)
+    raw = b""
+    peer.sock.settimeout(DEADLINE)
+    while b"\x88" not in raw:  # the echo (raw: wsproto's client drops frames after a close)
+        raw += peer.sock.recv(4096)
+    ws.outbox.put(_message(1))
+    ws.outbox.close(None, "client closed (1000)")
+
+    assert serving.result() == "client closed (1000)"
+    while chunk := peer.sock.recv(4096):  # to the server's hang-up
+        raw += chunk
+    assert raw == Connection(ConnectionType.SERVER).send(echo)  # the echo, and nothing after it
+
+
+class LatePut(Outbox):
+    """An outbox whose relay puts ``late`` just as the writer gives its turn back."""
+
+    late: Message | None = None
+    turns = 0
+
+    def end_turn(self, last: bool = False) -> None:
+        super().end_turn(last)
+        late, self.late = self.late, None
+        if late is not None:
+            self.put(late)
+        self.turns += 1
+
+
+def test_the_turn_that_ends_the_writing_ends_the_relays_writes_too(pair):
+    # The turn that gives up on a peer may have taken messages it never sent: a message
+    # written after them would skip them, and the page would resume past them.
+    outbox = LatePut(1 << 20)
+    ws, peer = opened(pair[0], pair[1], outbox)
+    serving = live(ws)
+    outbox.beat()
+    peer.next_of(Ping)  # not answered
+    wait_for(lambda: outbox.turns == 1, timeout=DEADLINE)  # the ping's turn is over
+
+    outbox.late = _message(2)
+    outbox.beat()
+
+    assert serving.result() == "heartbeat timeout: no pong"
+    assert outbox.late is None and len(outbox) == 1  # queued, not written
+    assert peer.next_of(TextMessage) is None
+
+
+def test_once_serve_ended_the_relay_never_touches_the_socket(pair):
+    ws, peer = opened(*pair)
+    serving = live(ws)
+    ws.outbox.beat()
+    peer.next_of(Ping)
+    ws.outbox.beat()  # not answered: the writer gives up, closing nothing in the outbox
+    assert serving.result() == "heartbeat timeout: no pong"
+    assert ws.outbox.closing is None and not ws.outbox.writing_now
+
+    ws.outbox.put(_message(1))  # queued (the relay detaches it soon): the descriptor may be reused
+
+    assert len(ws.outbox) == 1
+
+
 def test_serve_sends_1011_when_it_fails_and_still_cleans_up(pair, monkeypatch):
     ws, peer = opened(*pair)
 
-    def broken(messages, cursor):
+    def broken(messages):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(ws, "_write", broken)

@@ -25,6 +25,8 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable
+from functools import partial
 from types import FrameType
 from typing import Any
 
@@ -38,10 +40,19 @@ def install_graceful_shutdown() -> None:
     from .relay import close_all_sockets
 
     previous = signal.getsignal(signal.SIGTERM)
+    close: Callable[[], object] = close_all_sockets
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        import gevent
+
+        # Under gevent the handler runs in whichever greenlet was running (the hub
+        # included), which may hold the very lock closing takes: close from a greenlet
+        # of its own, as gunicorn's gevent worker handles its own signals.
+        close = partial(gevent.spawn, close_all_sockets)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         # Only flags and wake-ups here: no logging or I/O inside a signal handler.
-        close_all_sockets()
+        close()
         if callable(previous):
             previous(signum, frame)
         elif previous == signal.SIG_DFL:

@@ -117,3 +117,42 @@ print("started")
 def test_a_gevent_worker_patches_before_turbocast_loads_redis_or_ssl():
     pytest.importorskip("gevent")
     assert _run(GEVENT_WORKER).splitlines() == ["started"]
+
+
+SIGTERM_INSIDE_A_LOCK = """
+import os
+import signal
+import time
+
+from gevent import monkey
+
+monkey.patch_all()  # what gunicorn's gevent worker does first
+
+import gevent
+
+import turbocast.gunicorn_hooks as hooks
+from turbocast.outbox import Outbox
+from turbocast.relay import Relay
+
+relay = Relay("redis://127.0.0.1:9/0", waker=lambda channel: None)
+outbox = Outbox(1 << 20)
+relay.attach(["turbo:broadcast"], outbox)
+stopped = []
+signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))  # gunicorn's
+hooks.install_graceful_shutdown()
+
+with relay._lock:  # a greenlet inside the relay's lock (a socket attaching) when SIGTERM comes
+    os.kill(os.getpid(), signal.SIGTERM)  # the handler runs in this greenlet, here
+deadline = time.monotonic() + 10
+while outbox.closing is None and time.monotonic() < deadline:
+    gevent.sleep(0.01)
+print(stopped == [signal.SIGTERM], outbox.closing)
+"""
+
+
+def test_sigterm_under_gevent_closes_the_sockets_from_a_greenlet_of_its_own():
+    # A signal handler runs in whatever greenlet was running, the hub included: one that
+    # took a lock the running greenlet holds would wait for itself.
+    pytest.importorskip("gevent")
+    closed = "Closing(code=1001, reason='server shutting down')"
+    assert _run(SIGTERM_INSIDE_A_LOCK) == f"True {closed}"

@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,16 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
         sleep(interval)
+
+
+def from_relay(outbox: Any, message: Any, timeout: float = 5.0) -> bool:
+    """``outbox.put(message)`` from a thread of its own, as the relay does (an outbox's write
+    turn is a thread's: the test's own thread may hold it); whether it was taken."""
+    result: list[bool] = []
+    thread = threading.Thread(target=lambda: result.append(outbox.put(message)))
+    thread.start()
+    thread.join(timeout)
+    return result == [True]
 
 
 def numsub(redis_client: Any, channel: str) -> int:

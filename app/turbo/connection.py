@@ -99,7 +99,7 @@ _CLOSE_WAIT = 2.0
 _TLS_POLL_SECONDS = 1.0
 
 #: How to send bytes on the socket: blocks until all are sent, raises OSError past the timeout.
-Sender = Callable[[bytes], Any]
+Sender = Callable[[bytes | memoryview], Any]
 
 _NO_LOCK: AbstractContextManager[object] = contextlib.nullcontext()
 
@@ -525,7 +525,7 @@ class WebSocket:
         with self._protocol_lock:
             return protocol.send(event)
 
-    def _send_tls(self, data: bytes) -> None:
+    def _send_tls(self, data: bytes | memoryview) -> None:
         """``sendall`` for a non-blocking TLS socket: the lock only around each SSL_write."""
         view = memoryview(data)
         sent = 0
@@ -557,16 +557,25 @@ class WebSocket:
         if replay:  # (live messages are counted once per process, by the relay)
             metrics.replayed(admitted)
 
-    def _write_now(self, message: Message) -> bytes:
-        """The relay's write, under the write turn: what the socket takes now; returns the rest."""
-        frame = self._frame(message)
+    def _write_now(self, message: Message) -> bytes | memoryview:
+        """The relay's write, under the write turn: what the socket takes now; returns the rest.
+
+        The rest is a view of the message's shared frame, not a copy: a large message the
+        sockets take only part of costs no memory per socket.
+        """
+        frame = self._frame(message)  # first: if making it fails, the cursor has not moved
         if not self._cursor.admit(message):
             return b""
         try:
             sent = self.sock.send(frame, socket.MSG_DONTWAIT)
         except OSError:  # full (EAGAIN), or gone: the writer's own send finds out which
             sent = 0
-        return frame[sent:]
+        except Exception:  # noqa: BLE001 - admitted: the writer sends it all instead
+            logger.exception("the relay could not write to a socket; its writer will")
+            sent = 0
+        if sent == len(frame):
+            return b""
+        return memoryview(frame)[sent:] if sent else frame
 
     def serve(self, replay: list[Message], *, socket_id: str | None = None) -> str:
         """Write until the connection ends, then close it; the writer calls this after accept().
@@ -594,9 +603,10 @@ class WebSocket:
             if replay:
                 self._write(replay, replay=True)
                 replay.clear()
-            # Live: a plain socket lets the relay write while the writer waits (no
-            # gevent, TLS or eventlet socket: those wait for the peer, or have no thread).
-            if type(self.sock) is socket.socket and not self.gevent:
+            # Live: a plain socket lets the relay write while the writer waits. Not
+            # gevent's, eventlet's (monkey-patched or not) or a TLS socket: those wait
+            # for the peer whatever the flags, or have no thread to spare.
+            if type(self.sock).__module__ == "socket" and not self.gevent:
                 outbox.write_now(self._write_now)
             while True:
                 controls, messages, closing = outbox.drain(None)  # with the write turn
@@ -619,7 +629,11 @@ class WebSocket:
             self._finish()
 
     def _write_turn(
-        self, rest: bytes, controls: list[object], messages: list[Message], closing: Closing | None
+        self,
+        rest: bytes | memoryview,
+        controls: list[object],
+        messages: list[Message],
+        closing: Closing | None,
     ) -> str | None:
         """Send what one drain gave, in order; returns why the connection ends, or ``None``."""
         if rest:

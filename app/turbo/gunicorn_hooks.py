@@ -64,10 +64,11 @@ def install_graceful_shutdown() -> None:
 def batch_scheduling() -> None:
     """Ask Linux not to preempt the thread that wakes another (``SCHED_BATCH``).
 
-    Every message wakes its socket's writer thread. By default the kernel may
-    switch to the woken writer at once, which then blocks on the GIL that the
-    relay still holds: two wasted context switches per message, the costliest
-    part of delivery on a busy core. Under ``SCHED_BATCH`` the relay runs on until
+    A message to a socket whose writer is busy wakes that writer (to an idle one's
+    socket the relay writes itself). By default the kernel may switch to the woken
+    writer at once, which then blocks on the GIL that the relay still holds: two
+    wasted context switches per message, the costliest part of delivery on a busy
+    core. Under ``SCHED_BATCH`` the relay runs on until
     it waits for Redis again, and the writers follow. Threads created afterwards
     (gunicorn's request threads, the relay, socket readers) inherit it.
     """
@@ -84,10 +85,13 @@ SWITCH_INTERVAL = 0.05
 def switch_interval(worker: Any) -> None:
     """Let a thread keep the GIL for up to 50 ms before a waiting one forces a switch.
 
-    A broadcast wakes the writer thread of every socket at once. With Python's
-    5 ms interval, each of a thousand waiting writers times out in turn and
-    forces a switch; on one core those forced switches feed on each other (a
-    GIL convoy) and a broadcast that takes 50 ms can take seconds. Writers hold
+    A broadcast used to wake the writer thread of every socket at once (now only
+    those of busy sockets: the relay writes to idle ones itself). With Python's
+    5 ms interval, each of a thousand waiting writers timed out in turn and
+    forced a switch; on one core those forced switches fed on each other (a
+    GIL convoy) and a broadcast that took 50 ms could take seconds. Measured
+    again since the relay writes itself, 5 and 50 ms could not be told apart
+    (bench/NOTES.md, item 11). Writers hold
     the GIL for microseconds and release it on every write, so a longer interval
     costs them nothing; what it allows is a CPU-bound view holding the GIL for
     up to the interval while a message waits. ``TURBO_SWITCH_INTERVAL`` (seconds)

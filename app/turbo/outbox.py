@@ -20,7 +20,8 @@ tries for it (it never waits for a socket or its writer). The writer counts what
 it took only once it holds the turn, and gives the turn back once that is sent,
 so "all put was taken", seen under the turn, means "all put was sent": nothing
 the relay writes overtakes a message. Under gevent (no thread to wake) and on
-TLS (one SSL object, one writer) the relay never writes.
+TLS (one SSL object, one writer), and on eventlet's sockets (which wait whatever
+the flags), the relay never writes.
 """
 
 from __future__ import annotations
@@ -207,8 +208,8 @@ class Outbox:
         # Writing now (see the module's doc): the write turn, the socket's write
         # function, and what of a frame the relay began the socket did not take.
         self._turn: threading.RLock | None = None
-        self._write: Callable[[Message], bytes] | None = None
-        self._rest = b""
+        self._write: Callable[[Message], bytes | memoryview] | None = None
+        self._rest: bytes | memoryview = b""
 
     def put(self, message: Message) -> bool:
         """Queue one message, or write it now; ``False`` when the outbox is closing or this
@@ -257,7 +258,7 @@ class Outbox:
         finally:
             turn.release()
 
-    def write_now(self, write: Callable[[Message], bytes]) -> None:
+    def write_now(self, write: Callable[[Message], bytes | memoryview]) -> None:
         """Let the relay write messages itself while nothing waits and the writer is idle.
 
         From then on :meth:`drain` returns holding the write turn, which the writer gives
@@ -290,7 +291,7 @@ class Outbox:
         """Whether the relay may write to the socket itself (see :meth:`write_now`)."""
         return self._write is not None
 
-    def take_rest(self) -> bytes:
+    def take_rest(self) -> bytes | memoryview:
         """What of a frame the relay began the socket did not take; the writer sends it first."""
         rest, self._rest = self._rest, b""
         self._taken_bytes += len(rest)

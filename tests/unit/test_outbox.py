@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
+from tests.support import from_relay
 from turbocast.message import FRAME_OVERHEAD, Message
 from turbocast.outbox import (
     CLOSE_OUTBOX_OVERFLOW,
@@ -596,15 +597,6 @@ def test_an_idle_green_outbox_is_a_fraction_of_gevent_queue(green):
 
 
 # -- the relay writing now -----------------------------------------------------------------
-
-
-def from_relay(outbox: Outbox, message: Message) -> bool:
-    """``outbox.put(message)`` from a thread, as the relay does (turns are per thread)."""
-    result: list[bool] = []
-    thread = threading.Thread(target=lambda: result.append(outbox.put(message)))
-    thread.start()
-    thread.join(DEADLINE)
-    return result == [True]
 
 
 def test_an_outbox_that_writes_now_writes_while_all_put_was_sent():

@@ -28,7 +28,7 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 
-from tests.support import wait_for
+from tests.support import from_relay, wait_for
 from turbocast import connection
 from turbocast.connection import (
     CLOSE_INTERNAL_ERROR,
@@ -149,6 +149,17 @@ def short_close_wait(monkeypatch):
 @pytest.fixture
 def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     server, client = socket.socketpair()
+    yield server, client
+    server.close()
+    client.close()
+
+
+@pytest.fixture
+def slow_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A socketpair with small buffers: a peer that does not read soon stops the sends."""
+    server, client = socket.socketpair()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     yield server, client
     server.close()
     client.close()
@@ -476,45 +487,112 @@ def test_an_idle_writer_lets_the_relay_write_without_waking_it(pair):
     assert serving.result() == "done"
 
 
-def test_the_relay_queues_while_the_writer_is_writing(pair):
-    ws, peer = opened(*pair)
+def test_the_relay_queues_while_the_writer_is_writing(slow_pair):
+    ws, peer = opened(*slow_pair)
     serving = live(ws)
-    ws.outbox.beat()  # the writer takes its turn to ping; the relay waits for nobody
-    ping = peer.next_of(Ping)
+    big = "x" * 300_000
+    assert from_relay(ws.outbox, _message(1, big.encode()))  # the socket takes part
+    # The writer took the rest in its turn and waits in its send for the peer.
+    wait_for(lambda: len(ws.outbox) == 0 and ws.outbox.pending_bytes == 0, timeout=DEADLINE)
 
-    ws.outbox.put(_message(1))  # the writer's turn may still be on: either way, once
-    peer.send(ping.response())
-    assert peer.texts(1) == ["<p>1</p>"]
+    assert from_relay(ws.outbox, _message(2))
+
+    assert len(ws.outbox) == 1  # queued behind the writer's turn, not written
+    assert peer.text() == big
+    assert peer.texts(1) == ["<p>2</p>"]
     ws.outbox.close(1000, "done")
     assert serving.result() == "done"
 
 
-def test_a_frame_the_socket_took_part_of_is_finished_by_the_writer_before_anything_else():
+def test_a_frame_the_socket_took_part_of_is_finished_by_the_writer_before_anything_else(
+    slow_pair,
+):
+    ws, peer = opened(*slow_pair)
+    serving = live(ws)
+    big = "x" * 300_000
+
+    putting = threading.Thread(
+        target=lambda: [
+            ws.outbox.put(_message(n, (big if n == 1 else f"<p>{n}</p>").encode()))
+            for n in range(1, 4)
+        ],  # fmt: skip
+    )
+    putting.start()
+    putting.join(DEADLINE)  # the relay never waits for the peer to read
+    assert not putting.is_alive()
+    ws.outbox.beat()  # a ping to send: never inside the rest of the first frame
+
+    assert peer.text() == big  # (a ping inside it would fail the parser)
+    assert peer.texts(2) == ["<p>2</p>", "<p>3</p>"]
+    ws.outbox.close(1000, "done")
+    assert serving.result() == "done"
+
+
+def test_the_rest_of_a_frame_is_a_view_of_the_shared_frame_not_a_copy(slow_pair):
+    ws, _ = opened(*slow_pair)
+    ws.outbox.write_now(ws._write_now)  # as serve() does once live (no writer here)
+    big = _message(1, b"x" * 300_000)
+
+    assert from_relay(ws.outbox, big)
+
+    rest = ws.outbox.take_rest()
+    assert isinstance(rest, memoryview) and rest.obj is big.plain_frame
+    assert 0 < len(rest) < len(big.plain_frame)
+    ws.abort(1000, "done")
+
+
+class EventletLike(socket.socket):
+    """Stands in for eventlet's GreenSocket, which waits for the peer whatever the flags."""
+
+
+EventletLike.__module__ = "eventlet.greenio.base"
+
+
+class FailingSend(socket.socket):
+    """The standard library's socket, but its non-waiting send fails unexpectedly."""
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        if flags:
+            raise RuntimeError("boom")
+        return super().send(data, flags)
+
+
+FailingSend.__module__ = "socket"
+
+
+def test_a_socket_that_would_wait_whatever_the_flags_is_never_written_by_the_relay():
     server_sock, client_sock = socket.socketpair()
-    server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    green = EventletLike(fileno=server_sock.detach())
     try:
-        ws, peer = opened(server_sock, client_sock)
-        serving = live(ws)
-        big = "x" * 300_000
+        ws, peer = opened(green, client_sock)
+        serving = Serving(ws, [_message(1)])
+        assert peer.texts(1) == ["<p>1</p>"]  # the writer is live
 
-        putting = threading.Thread(
-            target=lambda: [
-                ws.outbox.put(_message(n, (big if n == 1 else f"<p>{n}</p>").encode()))
-                for n in range(1, 4)
-            ],  # fmt: skip
-        )
-        putting.start()
-        putting.join(DEADLINE)  # the relay never waits for the peer to read
-        assert not putting.is_alive()
-        ws.outbox.beat()  # a ping to send: never inside the rest of the first frame
-
-        assert peer.text() == big  # (a ping inside it would fail the parser)
-        assert peer.texts(2) == ["<p>2</p>", "<p>3</p>"]
+        ws.outbox.put(_message(2))
+        assert peer.texts(1) == ["<p>2</p>"]
+        assert not ws.outbox.writing_now
         ws.outbox.close(1000, "done")
         assert serving.result() == "done"
     finally:
-        server_sock.close()
+        green.close()
+        client_sock.close()
+
+
+def test_a_relay_write_that_fails_unexpectedly_leaves_the_message_to_the_writer(caplog):
+    server_sock, client_sock = socket.socketpair()
+    failing = FailingSend(fileno=server_sock.detach())
+    try:
+        ws, peer = opened(failing, client_sock)
+        serving = live(ws)
+
+        assert ws.outbox.put(_message(1))  # admitted by the socket's cursor, then not sent
+
+        assert peer.texts(1) == ["<p>1</p>"]  # sent by the writer: not lost
+        assert "could not write" in caplog.text
+        ws.outbox.close(1000, "done")
+        assert serving.result() == "done"
+    finally:
+        failing.close()
         client_sock.close()
 
 

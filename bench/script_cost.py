@@ -64,20 +64,31 @@ PEER = "bare PUBLISH (the peer)"
 INNER = ("time", "get", "xadd", "set", "xtrim", "pexpire", "publish", "spublish")
 
 
+def _swap(script: str, *changes: tuple[str, str]) -> str:
+    """``script`` with each ``(old, new)`` made; raises if an ``old`` is not in it (a variant
+    that no longer matches the script would measure the script itself, silently)."""
+    for old, new in changes:
+        if old not in script:
+            raise ValueError(f"the script no longer holds {old!r}: update this variant")
+        script = script.replace(old, new)
+    return script
+
+
 #: The script as shipped before this measurement (commit 2bec92c): the shipped one with
 #: exact trimming by count, TIME on a cluster too, and a COUNT on the retry lookup. Its
 #: SHA1 (Redis's digest of it) is :data:`BEFORE_SHA`.
-BEFORE = (
-    _PUBLISH.replace("'+')", "'+', 'COUNT', ARGV[2])")
-    .replace("'MAXLEN', '~', ", "'MAXLEN', ")
-    .replace("else\n  now = tonumber(string.match(id, '^%d+'))\n", "")
-    .replace(
+BEFORE = _swap(
+    _PUBLISH,
+    ("'+')", "'+', 'COUNT', ARGV[2])"),
+    ("'MAXLEN', '~', ", "'MAXLEN', "),
+    ("else\n  now = tonumber(string.match(id, '^%d+'))\n", ""),
+    (
         "local id, now = '*', nil\nif KEYS[2] then\n  local t = redis.call('TIME')\n"
         "  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n",
         "local t = redis.call('TIME')\n"
         "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
         "local id = '*'\nif KEYS[2] then\n",
-    )
+    ),
 )
 BEFORE_SHA = "2c42e7ea5f40c0313b655f442546b6766f97636c"
 
@@ -88,25 +99,30 @@ _AGE_TRIM = "  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', oldest)
 #: Variants, each one change to the shipped script or to :data:`BEFORE` (``"~"``:
 #: approximate trimming, which removes only whole stream nodes).
 VARIANTS = {
-    "shipped, MAXLEN =": _PUBLISH.replace("'~', ", ""),
-    "shipped, MINID ~": _PUBLISH.replace(_EXACT_AGE, "'MINID', '~', string.format"),
-    "before, MAXLEN ~": BEFORE.replace(_EXACT_COUNT, "'MAXLEN', '~', ARGV[2]"),
-    "before, MINID ~": BEFORE.replace(_EXACT_AGE, "'MINID', '~', string.format"),
-    "before, MAXLEN ~, MINID ~": BEFORE.replace(_EXACT_COUNT, "'MAXLEN', '~', ARGV[2]").replace(
-        _EXACT_AGE, "'MINID', '~', string.format"
+    "shipped, MAXLEN =": _swap(_PUBLISH, ("'~', ", "")),
+    "shipped, MINID ~": _swap(_PUBLISH, (_EXACT_AGE, "'MINID', '~', string.format")),
+    "before, MAXLEN ~": _swap(BEFORE, (_EXACT_COUNT, "'MAXLEN', '~', ARGV[2]")),
+    "before, MINID ~": _swap(BEFORE, (_EXACT_AGE, "'MINID', '~', string.format")),
+    "before, MAXLEN ~, MINID ~": _swap(
+        BEFORE,
+        (_EXACT_COUNT, "'MAXLEN', '~', ARGV[2]"),
+        (_EXACT_AGE, "'MINID', '~', string.format"),
     ),
     # Trimming by age in the XADD itself, by count in the XTRIM (an XADD takes one).
-    "before, XADD MINID ~, XTRIM MAXLEN ~": BEFORE.replace(
-        "local t = redis.call('TIME')",
-        "local t = redis.call('TIME')\n"
-        "local cut = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"
-        " - tonumber(ARGV[3])\n"
-        "cut = string.format('%d', cut > 0 and cut or 0)",
-    )
-    .replace(_EXACT_COUNT, "'MINID', '~', cut")
-    .replace(_AGE_TRIM, "  redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[2])\n"),
-    "before, no XTRIM MINID (unsafe)": BEFORE.replace(_AGE_TRIM, ""),
-    "before, no PEXPIRE (unsafe)": BEFORE.replace("redis.call('PEXPIRE', KEYS[1], ARGV[3])\n", ""),
+    "before, XADD MINID ~, XTRIM MAXLEN ~": _swap(
+        BEFORE,
+        (
+            "local t = redis.call('TIME')",
+            "local t = redis.call('TIME')\n"
+            "local cut = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"
+            " - tonumber(ARGV[3])\n"
+            "cut = string.format('%d', cut > 0 and cut or 0)",
+        ),
+        (_EXACT_COUNT, "'MINID', '~', cut"),
+        (_AGE_TRIM, "  redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[2])\n"),
+    ),
+    "before, no XTRIM MINID (unsafe)": _swap(BEFORE, (_AGE_TRIM, "")),
+    "before, no PEXPIRE (unsafe)": _swap(BEFORE, ("redis.call('PEXPIRE', KEYS[1], ARGV[3])\n", "")),
 }
 
 #: The script's floor: EVALSHA of the same arguments, running nothing, or only the PUBLISH.

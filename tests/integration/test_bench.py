@@ -12,9 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench import cpushare
 from bench.cluster import PLAN, row_name
-from bench.script_cost import rows
+from bench.script_cost import _swap, rows
 from tests.redis_topologies import skip_unless_redis_7
 from tests.support import ROOT
 
@@ -147,3 +149,10 @@ def test_the_script_cost_workload_measures_every_row_against_the_bare_publish(tm
     assert "| shipped | spread |" in out and "| shipped | hot |" in out  # the split by command
     assert "not 2bec92c's script" not in out
     assert "| shipped | spread |" in _report(tmp_path)
+
+
+def test_a_script_variant_that_no_longer_matches_the_script_is_refused():
+    # Else the variant would be the script itself, measured under another name.
+    assert _swap("a b", ("b", "c")) == "a c"
+    with pytest.raises(ValueError, match="no longer holds"):
+        _swap("return 1", ("'MAXLEN', ARGV[2]", "'MAXLEN', '~', ARGV[2]"))
